@@ -1,0 +1,90 @@
+"""A fixed, deterministic layout of many tensors in per-dtype flat buffers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_BUCKET_BYTES = 25 << 20
+
+
+def _data_pointer(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+class BucketPlan:
+    """Places tensors of the given shapes and dtypes in one flat buffer per dtype.
+
+    Dtypes are laid out in order of first appearance, tensors in the given order inside their
+    dtype, so every rank that lists the same tensors gets the same layout. Each dtype buffer is
+    cut into buckets of about `bucket_bytes` (tensor boundaries respected) for reduction.
+    `views[i]` is tensor i's writable, shaped view into its buffer.
+    """
+
+    def __init__(
+        self,
+        shapes: Sequence[tuple[int, ...]],
+        dtypes: Sequence[np.dtype],
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    ):
+        if len(shapes) != len(dtypes):
+            raise ValueError(f"{len(shapes)} shapes but {len(dtypes)} dtypes were given")
+        if bucket_bytes <= 0:
+            raise ValueError(f"Argument `bucket_bytes` must be > 0. Received: {bucket_bytes}")
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.dtypes = [np.dtype(d) for d in dtypes]
+        self.bucket_bytes = int(bucket_bytes)
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        totals: dict[np.dtype, int] = {}
+        self.offsets: list[int] = []
+        for size, dt in zip(sizes, self.dtypes):
+            self.offsets.append(totals.get(dt, 0))
+            totals[dt] = totals.get(dt, 0) + size
+        self.buffers: dict[np.dtype, np.ndarray] = {
+            dt: np.zeros(n, dtype=dt) for dt, n in totals.items()
+        }
+        self.views: list[np.ndarray] = [
+            self.buffers[dt][off : off + size].reshape(shape)
+            for off, size, dt, shape in zip(self.offsets, sizes, self.dtypes, self.shapes)
+        ]
+        self.sizes = sizes
+        self.buckets: list[tuple[np.dtype, int, int]] = self._cut_buckets()
+
+    def _cut_buckets(self) -> list[tuple[np.dtype, int, int]]:
+        buckets = []
+        for dt, buf in self.buffers.items():
+            limit = max(1, self.bucket_bytes // dt.itemsize)
+            start = stop = 0
+            for off, size, vdt in zip(self.offsets, self.sizes, self.dtypes):
+                if vdt != dt:
+                    continue
+                if stop > start and stop - start + size > limit:
+                    buckets.append((dt, start, stop))
+                    start = stop
+                stop = off + size
+            if stop > start or buf.size == 0:
+                buckets.append((dt, start, stop))
+        return buckets
+
+    def matches(self, shapes, dtypes) -> bool:
+        return [tuple(s) for s in shapes] == self.shapes and [np.dtype(d) for d in dtypes] == (
+            self.dtypes
+        )
+
+    def is_view(self, i: int, array: np.ndarray) -> bool:
+        """True when `array` is tensor i's own view (a gradient computed in place)."""
+        v = self.views[i]
+        return (
+            isinstance(array, np.ndarray)
+            and array.dtype == v.dtype
+            and array.shape == v.shape
+            and (v.size == 0 or _data_pointer(array) == _data_pointer(v))
+            and array.flags.c_contiguous
+        )
+
+    def pack(self, arrays: Sequence[np.ndarray]) -> None:
+        """Copies each array into its view, skipping those that already are the view."""
+        for i, a in enumerate(arrays):
+            if not self.is_view(i, a):
+                np.copyto(self.views[i], a, casting="same_kind")

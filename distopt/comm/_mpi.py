@@ -1,0 +1,75 @@
+"""The MPI communicator (mpi4py, buffer API only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distopt.comm._base import Communicator, _check_buffer, _check_op
+
+
+def _mpi():
+    # Imported lazily so that single-process use never initialises MPI.
+    from mpi4py import MPI
+
+    return MPI
+
+
+class MPICommunicator(Communicator):
+    """Wraps a private `Dup()` of `comm` (default `MPI.COMM_WORLD`), so our traffic never
+    matches the application's own messages."""
+
+    def __init__(self, comm=None):
+        MPI = _mpi()
+        base = MPI.COMM_WORLD if comm is None else comm
+        if not isinstance(base, MPI.Intracomm):
+            raise TypeError(
+                f"Argument `comm` must be an mpi4py intracommunicator. Received: {comm!r}"
+            )
+        self._comm = base.Dup()
+        self.rank = self._comm.Get_rank()
+        self.size = self._comm.Get_size()
+        self._ops = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX}
+        self._in_place = MPI.IN_PLACE
+
+    @property
+    def mpi_comm(self):
+        """The private mpi4py communicator."""
+        return self._comm
+
+    def allreduce(self, buf: np.ndarray, op: str = "sum") -> None:
+        _check_op(op)
+        _check_buffer(buf)
+        self._comm.Allreduce(self._in_place, buf, op=self._ops[op])
+
+    def bcast(self, buf: np.ndarray, root: int = 0) -> None:
+        _check_buffer(buf)
+        self._comm.Bcast(buf, root=root)
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        data = bytes(data)
+        sizes = np.zeros(self.size, dtype=np.int64)
+        self._comm.Allgather(np.array([len(data)], dtype=np.int64), sizes)
+        recv = np.empty(int(sizes.sum()), dtype=np.uint8)
+        counts = [int(s) for s in sizes]
+        displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+        send = np.frombuffer(data, dtype=np.uint8) if data else np.empty(0, np.uint8)
+        self._comm.Allgatherv(send, [recv, counts, displs, _mpi().BYTE])
+        return [recv[d : d + c].tobytes() for d, c in zip(displs, counts)]
+
+    def reduce_scatter(self, sendbuf: np.ndarray, recvbuf: np.ndarray, counts: list[int]) -> None:
+        _check_buffer(recvbuf, "recvbuf")
+        self._comm.Reduce_scatter(sendbuf, recvbuf, recvcounts=list(counts), op=self._ops["sum"])
+
+    def allgather(self, sendbuf: np.ndarray, recvbuf: np.ndarray, counts: list[int]) -> None:
+        _check_buffer(recvbuf, "recvbuf")
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
+        self._comm.Allgatherv(sendbuf, [recvbuf, list(counts), displs])
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def abort(self, errorcode: int = 1) -> None:
+        self._comm.Abort(errorcode)
+
+    def __repr__(self) -> str:
+        return f"MPICommunicator(rank={self.rank}, size={self.size})"

@@ -1,0 +1,23 @@
+"""Strategies and contexts with tf.distribute's semantics, over MPI."""
+
+from distopt.distribute._context import (
+    get_replica_context,
+    get_strategy,
+    has_strategy,
+    in_cross_replica_context,
+)
+from distopt.distribute._mpi_strategy import MPIStrategy
+from distopt.distribute._reduce_op import ReduceOp
+from distopt.distribute._replica_context import ReplicaContext
+from distopt.distribute._strategy import Strategy
+
+__all__ = [
+    "MPIStrategy",
+    "ReduceOp",
+    "ReplicaContext",
+    "Strategy",
+    "get_replica_context",
+    "get_strategy",
+    "has_strategy",
+    "in_cross_replica_context",
+]

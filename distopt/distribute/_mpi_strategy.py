@@ -1,0 +1,29 @@
+"""`MPIStrategy`: one replica per MPI rank."""
+
+from __future__ import annotations
+
+from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
+from distopt.comm import MPICommunicator
+from distopt.distribute._reduce_op import ReduceOp
+from distopt.distribute._strategy import Strategy
+
+
+class MPIStrategy(Strategy):
+    """Synchronous data parallelism over MPI: every rank is one replica.
+
+    Gradients are SUM-all-reduced, as tf.keras (scale your loss by the global batch, e.g. with
+    `distopt.losses.compute_average_loss`); `gradient_reduce_op=ReduceOp.MEAN` gives Horovod's
+    average. `comm` defaults to a private `Dup()` of `MPI.COMM_WORLD`. Creating the strategy is
+    collective: do it on all ranks.
+    """
+
+    def __init__(
+        self,
+        *,
+        comm=None,
+        gradient_reduce_op=ReduceOp.SUM,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    ):
+        super().__init__(
+            MPICommunicator(comm), gradient_reduce_op=gradient_reduce_op, bucket_bytes=bucket_bytes
+        )

@@ -1,0 +1,472 @@
+"""The `Optimizer` base class: the Keras 3 optimizer contract over flat arenas."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from distopt import _naming
+from distopt._variable import Variable, _VariableCreationHook
+from distopt.distribute import _context
+from distopt.optimizers import _engine, _transforms
+from distopt.optimizers._validation import check_gradients, unzip_pairs
+from distopt.optimizers.schedules import LearningRateSchedule
+
+_CROSS_REPLICA_MESSAGE = (
+    "`apply_gradients()` cannot be called in cross-replica context. Use `Strategy.run` to "
+    "enter replica context. For more information, please see the docstring of "
+    "`distopt.distribute.get_replica_context`."
+)
+
+
+def _internal_variable(value, name, path, dtype) -> Variable:
+    # Optimizer state is identical on every rank by construction: no strategy broadcast.
+    with _VariableCreationHook(lambda v: None):
+        var = Variable(value, name=name, trainable=False, dtype=dtype)
+    var._path = path
+    return var
+
+
+class Optimizer(_transforms.TransformsMixin):
+    """Base class of every optimizer (Keras 3's `keras.optimizers.Optimizer`).
+
+    Subclasses call `super().__init__(learning_rate, ...)`, create slots in `build()` with
+    `add_optimizer_variables`, and either write an elementwise `_kernel` (applied over whole
+    flat arenas) or override `update_step(gradient, variable, learning_rate)`.
+    """
+
+    _kernel = None  # elementwise maths: (w, g, *slots, *coefficients) -> (w, *slots)
+    _kernel_slots: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        learning_rate,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name=None,
+        **kwargs,
+    ):
+        decay = kwargs.pop("decay", None)
+        if decay is not None:
+            warnings.warn("Argument `decay` is no longer supported and will be ignored.")
+        if kwargs:
+            raise ValueError(f"Argument(s) not recognized: {kwargs}")
+        self._check_base_arguments(
+            weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+            ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps,
+        )  # fmt: skip
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"Argument `name` must be a string. Received: name={name!r}")
+        self.name = name or _naming.uniquify(_naming.to_snake_case(type(self).__name__))
+        self.weight_decay = weight_decay
+        self.clipnorm = clipnorm
+        self.clipvalue = clipvalue
+        self.global_clipnorm = global_clipnorm
+        self.use_ema = use_ema
+        self.ema_momentum = ema_momentum
+        self.ema_overwrite_frequency = ema_overwrite_frequency
+        self.loss_scale_factor = loss_scale_factor
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.built = False
+        self._variables: list[Variable] = []
+        self._trainable_variables: list[Variable] = []
+        self._trainable_variables_indices: dict[int, int] = {}
+        self._layout: _engine.ArenaLayout | None = None
+        self._slots: dict[str, list] = {}
+        self._slot_arenas: dict[str, dict] = {}
+        self._exclude_ids: set[int] = set()
+        self._exclude_pattern = None
+        self._strategy = None if not _context.has_strategy() else _context.get_strategy()
+        self._iterations = self._track(_internal_variable(0, "iteration", f"{self.name}/iteration", "int32"))
+        self._learning_rate = self._make_learning_rate(learning_rate)
+
+    # -- learning rate ------------------------------------------------------------------------
+    def _make_learning_rate(self, learning_rate):
+        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+            return learning_rate
+        if not isinstance(learning_rate, float):
+            raise ValueError(
+                "Argument `learning_rate` should be float, or an instance of "
+                "LearningRateSchedule, or a callable (that takes in the current iteration value "
+                "and returns the corresponding learning rate value). "
+                f"Received instead: learning_rate={learning_rate}"
+            )
+        path = f"{self.name}/learning_rate"
+        return self._track(_internal_variable(learning_rate, "learning_rate", path, "float32"))
+
+    @property
+    def learning_rate(self):
+        lr = self._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            return lr(self._iterations.numpy())
+        if isinstance(lr, Variable):
+            return lr
+        return lr() if callable(lr) else lr
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if isinstance(value, LearningRateSchedule) or callable(value):
+            if isinstance(self._learning_rate, Variable):
+                self._variables.remove(self._learning_rate)
+            self._learning_rate = value
+            return
+        if isinstance(self._learning_rate, LearningRateSchedule):
+            raise TypeError(
+                "This optimizer was created with a `LearningRateSchedule` object as its "
+                "`learning_rate` constructor argument, hence its learning rate is not settable. "
+                "If you need the learning rate to be settable, you should instantiate the "
+                "optimizer with a float `learning_rate` argument."
+            )
+        if not isinstance(self._learning_rate, Variable):
+            raise TypeError(
+                "This optimizer was created with a callable `learning_rate`; set another "
+                f"callable or schedule instead of a value. Received: {value!r}"
+            )
+        self._learning_rate.assign(value)
+
+    def _learning_rate_value(self) -> float:
+        lr = self.learning_rate
+        return float(np.asarray(lr.value if isinstance(lr, Variable) else lr))
+
+    # -- variables ----------------------------------------------------------------------------
+    def _track(self, variable: Variable) -> Variable:
+        self._variables.append(variable)
+        return variable
+
+    @property
+    def variables(self) -> list[Variable]:
+        """A copy of the list of optimizer variables, in creation (and save) order."""
+        return list(self._variables)
+
+    @property
+    def iterations(self):
+        """Completed update steps: the counter variable, or `_iterations // N` under accumulation."""
+        if self.gradient_accumulation_steps:
+            return np.int32(self._iteration_count() // self.gradient_accumulation_steps)
+        return self._iterations
+
+    def _iteration_count(self) -> int:
+        return int(self._iterations.value)
+
+    def _step_count(self) -> int:
+        """Completed real updates (the `iterations` property as an int)."""
+        return int(np.asarray(self.iterations if self.gradient_accumulation_steps else self._iterations.value))
+
+    def add_variable(self, shape, initializer="zeros", dtype=None, aggregation="none", layout=None, name=None):
+        """Creates and tracks a non-trainable optimizer variable (`dtype=None` is float32)."""
+        name = name or "variable"
+        dt = np.dtype(dtype or "float32")
+        value = _initial_value(initializer, tuple(shape), dt)
+        return self._track(_internal_variable(value, name, f"{self.name}/{name}", dt))
+
+    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+        """A tracked variable shaped like `reference_variable`, named `{path}_{name}`."""
+        ref = reference_variable
+        full = f"{ref.path.replace('/', '_')}_{name or 'var'}"
+        value = _initial_value(initializer, ref.shape, ref.dtype)
+        return self._track(_internal_variable(value, full, f"{self.name}/{full}", ref.dtype))
+
+    def add_optimizer_variables(self, trainable_variables, name, initializer="zeros"):
+        """Slots in the flat arenas, interleaved per variable; None for overwrite variables.
+
+        Returns a list (one name) or a tuple of lists (a list of names).
+        """
+        names = [name] if isinstance(name, str) else list(name)
+        inits = initializer if isinstance(initializer, (list, tuple)) else [initializer] * len(names)
+        if len(inits) != len(names):
+            raise ValueError(
+                "The number of provided names must match the number of provided initializers. "
+                f" Received name='{name}', initializer='{initializer}'"
+            )
+        layout = self._layout
+        for n, init in zip(names, inits):
+            if n not in self._slot_arenas and not callable(init):
+                self._slot_arenas[n] = {
+                    dt: layout.new_arena(dt, _fill_value(init)) for dt in layout.totals
+                }
+        result = [[] for _ in names]
+        for var in trainable_variables:
+            i = layout.index.get(id(var))
+            for k, (n, init) in enumerate(zip(names, inits)):
+                if i is None:
+                    result[k].append(None)
+                    continue
+                full = f"{var.path.replace('/', '_')}_{n}"
+                slot = self._track(_internal_variable(0, full, f"{self.name}/{full}", var.dtype))
+                arena = self._slot_arenas.get(n, {}).get(var.dtype)
+                view = layout.view(arena, i) if arena is not None else np.empty_like(var.value)
+                if callable(init):
+                    view[...] = init(var.shape, var.dtype)
+                slot._value = view
+                result[k].append(slot)
+        for n, slots in zip(names, result):
+            self._slots[n] = slots
+        return result[0] if isinstance(name, str) else tuple(result)
+
+    def build(self, variables):
+        """Creates the optimizer state for `variables` (once; later calls do nothing)."""
+        if self.built:
+            return
+        variables = list(variables)
+        for v in variables:
+            if not isinstance(v, Variable):
+                raise TypeError(f"`build` takes distopt.Variable objects. Received: {v!r}")
+        self._trainable_variables = variables
+        self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
+        movable = [v for v in variables if not v.overwrite_with_gradient]
+        self._layout = _engine.ArenaLayout(movable, self)
+        if self.use_ema:
+            self._model_variables_moving_average = self.add_optimizer_variables(variables, "average")
+        if self.gradient_accumulation_steps:
+            self._accumulated_gradients = [
+                self.add_variable_from_reference(v, "gradient_accumulator") for v in variables
+            ]
+        self.built = True
+
+    # -- applying gradients -------------------------------------------------------------------
+    def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs):
+        """Applies (gradient, variable) pairs; returns the iterations variable.
+
+        Inside `strategy.run` the gradients are SUM-all-reduced across replicas first (unless
+        `skip_gradients_aggregation=True`): this is collective, call it on all ranks, in the same
+        order. Raises RuntimeError in a cross-replica context, TypeError for malformed pairs,
+        ValueError for shape or variable problems; a call that raises changes nothing.
+        """
+        aggregate = self._aggregation_requested(skip_gradients_aggregation, kwargs)
+        self._require_replica_context()
+        grads, variables = unzip_pairs(grads_and_vars)
+        self._apply(grads, variables, aggregate)
+        return self._iterations
+
+    def apply(self, grads, trainable_variables=None):
+        """Keras 3's `apply`: gradients in the order of `trainable_variables` (or of the build).
+
+        Aggregates across replicas like `apply_gradients`: call it on all ranks.
+        """
+        self._require_replica_context()
+        grads = list(grads)
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError(
+                    "When passing `grads` without `variables`, the optimizer must already be "
+                    "built on a list of variables. Call `optimizer.build(trainable_variables)` "
+                    "first. "
+                )
+            if len(grads) != len(self._trainable_variables):
+                raise ValueError(
+                    "When passing `grads` as a list of gradient tensors, the gradients must match "
+                    "`optimizer.variables` one-to-on. Received a list of "
+                    f"{len(grads)} gradients, but the optimizer is tracking "
+                    f"{len(self._trainable_variables)} trainable variables."
+                )
+            trainable_variables = self._trainable_variables
+        grads, variables = unzip_pairs(zip(grads, trainable_variables))
+        self._apply(grads, variables, True)
+
+    @staticmethod
+    def _aggregation_requested(skip, kwargs) -> bool:
+        legacy = kwargs.pop("experimental_aggregate_gradients", True)
+        if kwargs:
+            raise TypeError(
+                f"apply_gradients() got unexpected keyword argument(s) {sorted(kwargs)}; it "
+                "takes `name`, `skip_gradients_aggregation` and the legacy "
+                "`experimental_aggregate_gradients`."
+            )
+        return not skip and bool(legacy)
+
+    @staticmethod
+    def _require_replica_context():
+        if _context.get_replica_context() is None:
+            raise RuntimeError(_CROSS_REPLICA_MESSAGE)
+
+    def _check_strategy(self, variables) -> object:
+        strategy = _context.get_strategy()
+        for owner, what in [(self, f"Optimizer `{self.name}`")] + [
+            (v, f"Variable `{v.path}`") for v in variables
+        ]:
+            bound = owner._strategy
+            if bound is not None and bound is not strategy:
+                where = "no strategy" if strategy._is_default else repr(strategy)
+                raise ValueError(
+                    f"{what} was created under the scope of {bound!r} but is being updated under "
+                    f"{where}. Update mirrored state inside `strategy.run(...)` of the strategy "
+                    "it was created with, so that every rank aggregates the same gradients."
+                )
+        return strategy
+
+    def _apply(self, grads, variables, aggregate):
+        known = self._trainable_variables_indices if self.built else None
+        grads = check_gradients(grads, variables, known)
+        strategy = self._check_strategy(variables)
+        present = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if not present:
+            raise ValueError("No gradients provided for any variable.")
+        if not self.built:
+            self.build(variables)
+        if len(present) < len(variables):
+            missing = [v.path for g, v in zip(grads, variables) if g is None]
+            warnings.warn(
+                f"Gradients do not exist for variables {missing} when minimizing the loss. If "
+                "using `model.compile()`, did you forget to provide a `loss` argument?",
+                stacklevel=3,
+            )
+        overwrite = [(g, v) for g, v in present if v.overwrite_with_gradient]
+        pairs = [(g, v) for g, v in present if not v.overwrite_with_gradient]
+        reduce = strategy._reduce_gradients if aggregate else None
+        self._apply_overwrite(overwrite, strategy if aggregate else None)
+        if pairs:
+            grads = [g for g, _ in pairs]
+            variables = [v for _, v in pairs]
+            if self.gradient_accumulation_steps:
+                self._accumulate_and_update(grads, variables, reduce)
+            else:
+                if reduce is not None:
+                    grads = reduce(grads, variables)
+                grads = self._cast(self._unscale(grads), variables)
+                self._update(grads, variables)
+            if self.use_ema:
+                self._update_moving_averages()
+            self._apply_constraints(variables)
+        self._iterations.value[...] += 1
+
+    @staticmethod
+    def _cast(grads, variables):
+        return [g if g.dtype == v.dtype else g.astype(v.dtype) for g, v in zip(grads, variables)]
+
+    def _update(self, grads, variables):
+        """Clip, weight decay, then the update step of every pair (one real update)."""
+        grads = self._clip_gradients(grads)
+        lr = self._learning_rate_value()
+        self._apply_weight_decay(variables, lr)
+        self._update_all(grads, variables, lr)
+
+    def _update_all(self, grads, variables, lr):
+        self._prepare_step(lr)
+        if self._kernel is None:
+            for g, v in zip(grads, variables):
+                self.update_step(g, v, lr)
+            return
+        layout = self._layout
+        for dt, members in layout.groups.items():
+            in_step = [k for k, v in enumerate(variables) if v.dtype == dt]
+            params = layout.params[dt]
+            order = [layout.index[id(variables[k])] for k in in_step]
+            if params is None or order != members:
+                for k in in_step:
+                    self.update_step(grads[k], variables[k], lr)
+                continue
+            dt_grads = [grads[k] for k in in_step]
+            flat_g = _engine.flat_span(dt_grads)
+            if flat_g is None:
+                flat_g = np.concatenate([g.reshape(-1) for g in dt_grads])
+            slots = [self._slot_arenas[n][dt] for n in self._kernel_slots]
+            _engine.run_kernel(self._kernel, params, flat_g, slots, self._coefficients(lr, dt))
+
+    def _prepare_step(self, lr) -> None:
+        """Hook run once per real update, before the per-variable updates (e.g. Nadam)."""
+
+    def _coefficients(self, lr, dtype) -> tuple:
+        """The kernel's scalar arguments for this step, cast to `dtype`."""
+        raise NotImplementedError(f"{type(self).__name__} must define `_coefficients`.")
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Updates one variable. Elementwise optimizers run their kernel on its arena views."""
+        if self._kernel is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement `update_step`.")
+        i = self._trainable_variables_indices[id(variable)]
+        slots = [self._slots[n][i].value.reshape(-1) for n in self._kernel_slots]
+        g = np.asarray(gradient, dtype=variable.dtype).reshape(-1)
+        coeffs = self._coefficients(learning_rate, variable.dtype)
+        w = variable.value.reshape(-1)
+        _engine.run_kernel(self._kernel, w, g, slots, coeffs)
+
+    # -- configuration and state --------------------------------------------------------------
+    def get_config(self) -> dict:
+        from distopt.optimizers.schedules import serialize as serialize_schedule
+
+        lr = self._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            lr = serialize_schedule(lr)
+        elif isinstance(lr, Variable):
+            lr = float(lr.value)
+        return {
+            "name": self.name,
+            "learning_rate": lr,
+            "weight_decay": self.weight_decay,
+            "clipnorm": self.clipnorm,
+            "global_clipnorm": self.global_clipnorm,
+            "clipvalue": self.clipvalue,
+            "use_ema": self.use_ema,
+            "ema_momentum": self.ema_momentum,
+            "ema_overwrite_frequency": self.ema_overwrite_frequency,
+            "loss_scale_factor": self.loss_scale_factor,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            from distopt.optimizers.schedules import deserialize as deserialize_schedule
+
+            config["learning_rate"] = deserialize_schedule(
+                config["learning_rate"], custom_objects=custom_objects
+            )
+        return cls(**config)
+
+    def save_own_variables(self, store) -> None:
+        """`store["0"], store["1"], ...` = the values of `variables`, in order."""
+        for i, v in enumerate(self._variables):
+            store[str(i)] = v.numpy()
+
+    def load_own_variables(self, store) -> None:
+        """Assigns `store[str(i)]` to `variables[i]` (Keras's warning if the counts differ)."""
+        if len(store.keys()) != len(self._variables):
+            msg = (
+                f"Skipping variable loading for optimizer '{self.name}', because it has "
+                f"{len(self._variables)} variables whereas the saved optimizer has "
+                f"{len(store.keys())} variables. "
+            )
+            if not self._variables or len(self._variables) <= 2 and not self.built:
+                msg += "This is likely because the optimizer has not been called/built yet."
+            warnings.warn(msg, stacklevel=2)
+            return
+        values = [np.asarray(store[str(i)]) for i in range(len(self._variables))]
+        for v, value in zip(self._variables, values):
+            if value.shape != v.shape:
+                raise ValueError(
+                    f"Optimizer variable {v.path} has shape {v.shape} not compatible with "
+                    f"provided weight shape {value.shape}."
+                )
+        for v, value in zip(self._variables, values):
+            v.assign(value)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name}>"
+
+
+def _fill_value(initializer):
+    if initializer == "zeros":
+        return 0
+    if initializer == "ones":
+        return 1
+    if isinstance(initializer, (int, float)):
+        return initializer
+    raise ValueError(
+        "Argument `initializer` must be 'zeros', 'ones', a number or a callable "
+        f"`(shape, dtype) -> array`. Received: initializer={initializer!r}"
+    )
+
+
+def _initial_value(initializer, shape, dtype):
+    if callable(initializer):
+        return np.asarray(initializer(shape, dtype), dtype=dtype)
+    return np.full(shape, _fill_value(initializer), dtype=dtype)

@@ -1,0 +1,188 @@
+"""The base optimizer's gradient pipeline pieces, in Keras's documented order.
+
+unscale (loss_scale_factor) -> accumulate -> clip -> weight decay -> update -> EMA ->
+constraints. Each piece is small and separately tested; `Optimizer._apply` composes them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+class TransformsMixin:
+    # -- construction -------------------------------------------------------------------------
+    @staticmethod
+    def _check_base_arguments(
+        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+        ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps,
+    ):  # fmt: skip
+        for arg, value in [
+            ("weight_decay", weight_decay),
+            ("clipnorm", clipnorm),
+            ("clipvalue", clipvalue),
+            ("global_clipnorm", global_clipnorm),
+            ("loss_scale_factor", loss_scale_factor),
+        ]:
+            if value is not None and not _is_number(value):
+                raise ValueError(f"Argument `{arg}` must be a float. Received: {arg}={value!r}")
+        if gradient_accumulation_steps and not (
+            _is_number(gradient_accumulation_steps) and gradient_accumulation_steps >= 2
+        ):
+            raise ValueError(
+                "`gradient_accumulation_steps` must be an integer >= 2. "
+                f"Received: gradient_accumulation_steps={gradient_accumulation_steps}"
+            )
+        if use_ema:
+            if not _is_number(ema_momentum) or not 0 <= ema_momentum <= 1:
+                raise ValueError(
+                    "`ema_momentum` must be in the range [0, 1]. "
+                    f"Received: ema_momentum={ema_momentum}"
+                )
+            if ema_overwrite_frequency and (
+                not isinstance(ema_overwrite_frequency, int) or ema_overwrite_frequency < 1
+            ):
+                raise ValueError(
+                    "`ema_overwrite_frequency` must be an integer >= 1 or None. "
+                    f"Received: ema_overwrite_frequency={ema_overwrite_frequency}"
+                )
+        if sum(x is not None for x in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError(
+                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                f"global_clipnorm={global_clipnorm}"
+            )
+
+    def scale_loss(self, loss):
+        """`loss * loss_scale_factor` when it is set, else `loss`."""
+        return loss * self.loss_scale_factor if self.loss_scale_factor is not None else loss
+
+    # -- gradient transforms ------------------------------------------------------------------
+    def _unscale(self, grads):
+        if self.loss_scale_factor is None:
+            return grads
+        return [g / np.asarray(self.loss_scale_factor, dtype=g.dtype) for g in grads]
+
+    def _clip_gradients(self, grads):
+        """Per-tensor clipnorm, global_clipnorm or clipvalue (the first set and positive)."""
+        if self.clipnorm and self.clipnorm > 0:
+            out = []
+            for g in grads:
+                c = np.asarray(self.clipnorm, dtype=g.dtype)
+                norm = np.sqrt(np.sum(g * g))
+                out.append(g * c / np.maximum(norm, c) if norm > 0 else g)
+            return out
+        if self.global_clipnorm and self.global_clipnorm > 0:
+            dtype = np.result_type(*grads)
+            c = np.asarray(self.global_clipnorm, dtype=dtype)
+            norm = np.sqrt(sum(np.sum(np.square(g, dtype=dtype)) for g in grads))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = c * np.minimum(1 / norm, 1 / c) + (norm - norm)
+            return [g * scale.astype(g.dtype) for g in grads]
+        if self.clipvalue and self.clipvalue > 0:
+            return [np.clip(g, -self.clipvalue, self.clipvalue).astype(g.dtype) for g in grads]
+        return grads
+
+    # -- weight decay -------------------------------------------------------------------------
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Exempts variables (by object, or by `re.search` on their names) from weight decay."""
+        self._exclude_ids = {id(v) for v in (var_list or [])}
+        names = list(var_names or [])
+        for n in names:
+            if not isinstance(n, str):
+                raise TypeError(f"`var_names` must be strings. Received: {n!r}")
+        self._exclude_pattern = re.compile("|".join(names)) if names else None
+
+    def _use_weight_decay(self, variable) -> bool:
+        if id(variable) in self._exclude_ids:
+            return False
+        return not (self._exclude_pattern and self._exclude_pattern.search(variable.name))
+
+    def _apply_weight_decay(self, variables, lr):
+        if self.weight_decay is None:
+            return
+        for v in variables:
+            if self._use_weight_decay(v):
+                w = v.value
+                wd = np.asarray(self.weight_decay, dtype=w.dtype)
+                w -= w * wd * np.asarray(lr, dtype=w.dtype)
+
+    # -- accumulation -------------------------------------------------------------------------
+    def _accumulate_and_update(self, grads, variables, reduce):
+        """Local accumulation; on every N-th call: (g + acc) / N, all-reduce, then update."""
+        n = self.gradient_accumulation_steps
+        idx = [self._trainable_variables_indices[id(v)] for v in variables]
+        accs = [self._accumulated_gradients[i].value for i in idx]
+        grads = self._cast(self._unscale(grads), variables)
+        if (self._iteration_count() + 1) % n != 0:
+            for a, g in zip(accs, grads):
+                a += g
+            return
+        steps = np.asarray(n)
+        grads = [(g + a) / steps.astype(a.dtype) for a, g in zip(accs, grads)]
+        if reduce is not None:
+            grads = reduce(grads, variables)
+        self._update(self._cast(grads, variables), variables)
+        for acc in self._accumulated_gradients:
+            acc.value[...] = 0
+
+    def _apply_overwrite(self, pairs, strategy):
+        """`overwrite_with_gradient` variables take their gradient (max-accumulated)."""
+        if not pairs:
+            return
+        grads = [np.asarray(g, dtype=v.dtype) for g, v in pairs]
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            from distopt.distribute import ReduceOp
+
+            grads = strategy._reduce_leaves(ReduceOp.MAX, grads)
+        n = self.gradient_accumulation_steps
+        for g, (_, v) in zip(grads, pairs):
+            if not n:
+                v.assign(g)
+                continue
+            acc = self._accumulated_gradients[self._trainable_variables_indices[id(v)]]
+            if (self._iteration_count() + 1) % n == 0:
+                v.assign(np.maximum(g, acc.value))
+                acc.value[...] = 0
+            else:
+                np.maximum(acc.value, g, out=acc.value)
+
+    # -- EMA and constraints ------------------------------------------------------------------
+    def _update_moving_averages(self):
+        first = self._step_count() == 0
+        for v, avg in zip(self._trainable_variables, self._model_variables_moving_average):
+            if avg is None:
+                continue
+            m = np.asarray(0.0 if first else self.ema_momentum, dtype=v.dtype)
+            a = avg.value
+            a[...] = m * a + (1 - m) * v.value
+        freq = self.ema_overwrite_frequency
+        if freq and (self._step_count() + 1) % freq == 0:
+            self.finalize_variable_values(self._trainable_variables)
+
+    def finalize_variable_values(self, var_list):
+        """Copies the moving averages into the variables (when `use_ema`)."""
+        if not self.use_ema:
+            return
+        var_list = list(var_list)
+        averages = self._model_variables_moving_average
+        if len(var_list) != len(averages):
+            raise ValueError(
+                f"The length of model variables ({len(var_list)}) to override does not match "
+                f"the length of model variables stored in the optimizer ({len(averages)}). "
+                "Please check if the optimizer was called on your model."
+            )
+        for v, avg in zip(var_list, averages):
+            if avg is not None:
+                v.assign(avg.value)
+
+    @staticmethod
+    def _apply_constraints(variables):
+        for v in variables:
+            if v.constraint is not None:
+                v.assign(v.constraint(v.value))

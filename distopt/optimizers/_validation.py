@@ -1,0 +1,96 @@
+"""Checking `grads_and_vars` before anything is touched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from distopt._variable import Variable
+
+
+def _describe(x) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def as_gradient(g, var: Variable) -> np.ndarray:
+    """`g` as a numeric ndarray of `var`'s shape, or a TypeError / ValueError naming `var`."""
+    if isinstance(g, Variable):
+        g = g.value
+    if isinstance(g, (str, bytes, dict, set)):
+        raise TypeError(
+            f"The gradient for variable `{var.path}` must be array-like (an ndarray, number or "
+            f"nested list). Received: {type(g).__name__} {_describe(g)}"
+        )
+    try:
+        arr = np.asarray(g)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"The gradient for variable `{var.path}` must be array-like. "
+            f"Received: {_describe(g)}"
+        ) from e
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(
+            f"The gradient for variable `{var.path}` must be a real numeric array. "
+            f"Received dtype {arr.dtype}: {_describe(g)}"
+        )
+    if arr.shape != var.shape:
+        raise ValueError(
+            f"The gradient for variable `{var.path}` has shape {arr.shape}, but the variable "
+            f"has shape {var.shape}. Pass one gradient of the variable's shape per variable."
+        )
+    return arr
+
+
+def unzip_pairs(grads_and_vars) -> tuple[list, list[Variable]]:
+    """Materialises (gradient, variable) pairs; TypeError for malformed input."""
+    if isinstance(grads_and_vars, (str, bytes, dict)) or not isinstance(
+        grads_and_vars, Iterable
+    ):
+        raise TypeError(
+            "`grads_and_vars` must be an iterable of (gradient, variable) pairs, e.g. "
+            f"`zip(grads, variables)`. Received: {_describe(grads_and_vars)}"
+        )
+    grads, variables = [], []
+    for i, pair in enumerate(grads_and_vars):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(
+                f"`grads_and_vars` must contain (gradient, variable) pairs; item {i} is "
+                f"{_describe(pair)}. Pass e.g. `zip(grads, variables)`."
+            )
+        g, v = pair
+        if not isinstance(v, Variable):
+            raise TypeError(
+                f"Item {i} of `grads_and_vars` pairs a gradient with {_describe(v)}, which is "
+                "not a `distopt.Variable`. Optimizers update `distopt.Variable` objects only."
+            )
+        grads.append(g)
+        variables.append(v)
+    return grads, variables
+
+
+def check_gradients(grads: list, variables: list[Variable], known: dict | None) -> list:
+    """Converts gradients (None kept) and checks shapes, duplicates and membership."""
+    if not variables:
+        raise ValueError(
+            "`grads_and_vars` is empty: no gradient at all was provided. Pass at least one "
+            "(gradient, variable) pair."
+        )
+    seen: set[int] = set()
+    out = []
+    for g, v in zip(grads, variables):
+        if id(v) in seen:
+            raise ValueError(
+                f"Variable `{v.path}` appears more than once in `grads_and_vars`. Sum its "
+                "gradients and pass it once."
+            )
+        seen.add(id(v))
+        if known is not None and id(v) not in known:
+            raise ValueError(
+                f"Unknown variable: {v!r}. This optimizer can only be called for the variables "
+                "it was originally built with. When working with a new set of variables, you "
+                "should recreate a new optimizer instance."
+            )
+        out.append(None if g is None else as_gradient(g, v))
+    return out
