@@ -1,0 +1,5 @@
+import sys
+
+from distopt.launch import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""The whole test suite: single-process tests, then the MPI tests under a real `mpiexec`
+at 1, 2, 3 and 4 ranks (oversubscribed), each test with a timeout.
+
+Usage: python tests/run_all.py [--sizes 1,2,3,4] [extra pytest args]
+Prints a closing line `N passed, N failed, N skipped` summed over every run; exits non-zero
+if any run failed, timed out, or ran no test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "reports"
+TEST_TIMEOUT = 120  # seconds per test
+RUN_TIMEOUT = 1500  # seconds per mpiexec run: a hang fails fast instead of eating CI
+
+
+def mpiexec() -> str:
+    here = Path(sys.executable).parent / "mpiexec"
+    found = str(here) if here.exists() else shutil.which("mpiexec")
+    if not found:
+        sys.exit("mpiexec not found: install MPI with `pip install mpich mpi4py`.")
+    return found
+
+
+def counts(xml: Path) -> tuple[int, int, int]:
+    root = ET.parse(xml).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root)
+    tests = sum(int(s.get("tests", 0)) for s in suites)
+    failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+    skipped = sum(int(s.get("skipped", 0)) for s in suites)
+    return tests - failed - skipped, failed, skipped
+
+
+def run(cmd: list[str], env: dict, label: str) -> bool:
+    print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
+    start = time.monotonic()
+    try:
+        code = subprocess.run(cmd, env=env, timeout=RUN_TIMEOUT, cwd=ROOT).returncode
+    except subprocess.TimeoutExpired:
+        print(f"=== {label}: TIMED OUT after {RUN_TIMEOUT} s", flush=True)
+        return False
+    print(f"=== {label}: exit {code} in {time.monotonic() - start:.1f} s", flush=True)
+    return code in (0, 5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1,2,3,4")
+    parser.add_argument("--no-single", action="store_true", help="skip the single-process run")
+    args, extra = parser.parse_known_args()
+    shutil.rmtree(REPORTS, ignore_errors=True)
+    REPORTS.mkdir()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")  # fmt: skip
+    # This checkout's package first, whatever else is installed.
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    ok = True
+    base = [sys.executable, "-m", "pytest", f"--timeout={TEST_TIMEOUT}", *extra]
+    if not args.no_single:
+        xml = REPORTS / "single.xml"
+        ok &= run([*base, "-m", "not mpi", f"--junitxml={xml}"], env, "single process")
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        cmd = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / "tests" / "_mpi_pytest.py"),
+               f"--timeout={TEST_TIMEOUT}", *extra]  # fmt: skip
+        ok &= run(cmd, dict(env, DISTOPT_TEST_REPORTS=str(REPORTS / f"mpi{n}")), f"{n} ranks")
+    totals = [0, 0, 0]
+    for xml in sorted(REPORTS.rglob("*.xml")):
+        p, f, s = counts(xml)
+        print(f"  {xml.relative_to(REPORTS)}: {p} passed, {f} failed, {s} skipped")
+        totals = [totals[0] + p, totals[1] + f, totals[2] + s]
+    if totals[0] + totals[1] == 0:
+        ok = False
+    print(f"{totals[0]} passed, {totals[1]} failed, {totals[2]} skipped")
+    return 0 if ok and totals[1] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
