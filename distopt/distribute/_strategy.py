@@ -141,7 +141,7 @@ class Strategy:
 
     # -- reductions -------------------------------------------------------------------------
     def _reduce_leaves(self, op: ReduceOp, leaves: Sequence[np.ndarray]) -> list[np.ndarray]:
-        arrays = [np.ascontiguousarray(x) for x in leaves]
+        arrays = [np.asarray(x, order="C") for x in leaves]
         if not arrays:
             return []
         plan = BucketPlan([a.shape for a in arrays], [a.dtype for a in arrays], self._bucket_bytes)
