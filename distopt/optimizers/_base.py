@@ -390,10 +390,10 @@ class Optimizer(_transforms.TransformsMixin):
 
     # -- configuration and state --------------------------------------------------------------
     def get_config(self) -> dict:
-        from distopt.optimizers.schedules import serialize as serialize_schedule
-
         lr = self._learning_rate
         if isinstance(lr, LearningRateSchedule):
+            from distopt.optimizers.schedules import serialize as serialize_schedule
+
             lr = serialize_schedule(lr)
         elif isinstance(lr, Variable):
             lr = float(lr.value)
