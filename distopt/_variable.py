@@ -155,15 +155,15 @@ class Variable:
             raise TypeError(
                 f"Cannot assign {value!r} to variable `{self.path}`: expected an array-like"
             ) from e
-        if arr.shape != self.shape and not (arr.ndim == 0 and self.ndim == 0):
-            raise ValueError(
-                f"Cannot assign a value of shape {arr.shape} to variable `{self.path}` of shape "
-                f"{self.shape}. Pass a value of shape {self.shape}."
-            )
         if arr.dtype.kind not in "fiub":
             raise TypeError(
                 f"Cannot assign a value of dtype {arr.dtype} to variable `{self.path}` "
                 f"({self.dtype}): expected a numeric array"
+            )
+        if arr.shape != self.shape and not (arr.ndim == 0 and self.ndim == 0):
+            raise ValueError(
+                f"Cannot assign a value of shape {arr.shape} to variable `{self.path}` of shape "
+                f"{self.shape}. Pass a value of shape {self.shape}."
             )
         return arr
 
