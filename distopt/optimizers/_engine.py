@@ -1,20 +1,40 @@
-"""Flat per-dtype arenas and the elementwise update engine.
+"""Flat per-dtype arenas and the elementwise update engines.
 
 An elementwise optimizer writes its maths once, as a kernel: a function of (w, g, *slots,
-*coefficients) that returns (new_w, *new_slots) using only arithmetic and numpy ufuncs, so the
-same function runs on whole arrays, on cache-sized chunks, or (later) on scalars inside a
-compiled loop. Coefficients arrive already cast to the arrays' dtype, so a float32 update is
-computed in float32 exactly as Keras does.
+*coefficients) that returns (new_w, *new_slots) using only arithmetic, numpy ufuncs and
+`np.where`. Two engines run it over whole flat arenas and give the same bits:
+
+- "numba": the kernel compiled for scalars inside one single-pass loop (used when numba
+  imports; `pip install distopt[fast]`);
+- "numpy": the kernel traced once into allocation-free `out=` ufunc calls over cache-sized
+  chunks.
+
+Coefficients must be numpy scalars already cast to the arrays' dtype, so float32 maths stays
+float32 in both engines. `DISTOPT_ENGINE=numpy|numba|auto` (default auto) picks the engine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-# Chunks this size keep the kernel's temporaries in L2 cache.
-CHUNK_ELEMENTS = 1 << 15
+from distopt.optimizers import _kernel_trace
+from distopt.optimizers._kernel_numpy import Program
+from distopt.optimizers._kernel_trace import KernelError
+
+# Measured on a 2 MB-L2 / 32 MB-L3 machine: chunks of ~256K float32 elements (6 MB of arrays and
+# scratch for Adam) balance per-call overhead against cache reuse; see benchmarks/update.py.
+CHUNK_BYTES = 6 << 20
+ENGINES = ("numba", "numpy")
+_lock = threading.Lock()
+_programs: dict[tuple, Program] = {}
+_loops: dict[tuple, object] = {}
+_state: dict[str, str | None] = {"engine": None}
 
 
 def _pointer(a: np.ndarray) -> int:
@@ -32,6 +52,8 @@ def flat_span(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     if not arrays:
         return None
     first = arrays[0]
+    if not isinstance(first, np.ndarray):
+        return None
     root = _root(first)
     if not root.flags.c_contiguous or root.dtype != first.dtype:
         return None
@@ -53,24 +75,125 @@ def flat_span(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     return root.reshape(-1)[start : start + total]
 
 
+# -- engine choice ------------------------------------------------------------------------------
+def _numba_imports() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve(name: str) -> str:
+    if name not in ("auto", *ENGINES):
+        raise ValueError(
+            f"The update engine must be one of {('auto', *ENGINES)} (env DISTOPT_ENGINE). "
+            f"Received: {name!r}"
+        )
+    if name == "numpy":
+        return name
+    if _numba_imports():
+        return "numba"
+    if name == "numba":
+        raise ValueError(
+            "The numba engine was requested but numba does not import: "
+            "`pip install distopt[fast]`, or use DISTOPT_ENGINE=numpy."
+        )
+    return "numpy"
+
+
+def engine() -> str:
+    """The engine elementwise kernels run on now: "numba" or "numpy"."""
+    current = _state["engine"]
+    if current is None:
+        current = _state["engine"] = _resolve(os.environ.get("DISTOPT_ENGINE", "auto").lower())
+    return current
+
+
+@contextlib.contextmanager
+def use_engine(name: str):
+    """Runs kernels on engine `name` inside the block (process-wide; for tests and benchmarks)."""
+    previous = engine()
+    _state["engine"] = _resolve(name)
+    try:
+        yield
+    finally:
+        _state["engine"] = previous
+
+
+def _key(kernel, slots, coefficients, w) -> tuple:
+    for c in coefficients:
+        if not isinstance(c, np.generic):
+            raise KernelError(
+                f"Kernel `{kernel.__name__}` got coefficient {c!r} of type {type(c).__name__}: "
+                f"coefficients must be numpy scalars cast to the arrays' dtype ({w.dtype})."
+            )
+    return (kernel, len(slots), w.dtype, tuple(c.dtype for c in coefficients))
+
+
+def _program(key) -> Program:
+    program = _programs.get(key)
+    if program is None:
+        kernel, num_slots, dtype, coefficient_dtypes = key
+        tape = _kernel_trace.trace(kernel, num_slots, dtype, coefficient_dtypes)
+        with _lock:
+            program = _programs.setdefault(key, Program(tape))
+    return program
+
+
+def _loop(key):
+    """The compiled loop for `key`, or None when numba cannot compile this kernel."""
+    loop = _loops.get(key, False)
+    if loop is False:
+        _program(key)  # the tracer's checks apply to both engines
+        try:
+            from distopt.optimizers._kernel_numba import Loop
+
+            kernel, num_slots, _, coefficient_dtypes = key
+            loop = Loop(kernel, num_slots, len(coefficient_dtypes))
+        except Exception as e:  # noqa: BLE001 - any numba failure falls back to numpy
+            warnings.warn(
+                f"numba could not compile kernel `{key[0].__name__}` ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); using the numpy engine for it.",
+                stacklevel=4,
+            )
+            loop = None
+        with _lock:
+            _loops[key] = loop
+    return loop
+
+
 def run_kernel(
     kernel: Callable,
     w: np.ndarray,
     g: np.ndarray,
     slots: Sequence[np.ndarray],
     coefficients: Sequence,
-    chunk: int = CHUNK_ELEMENTS,
+    chunk: int | None = None,
 ) -> None:
-    """Applies `kernel` over 1-D arrays in chunks, writing w and slots back in place."""
-    n = w.size
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        ws = w[start:stop]
-        ss = [s[start:stop] for s in slots]
-        out = kernel(ws, g[start:stop], *ss, *coefficients)
-        ws[...] = out[0]
-        for s, new in zip(ss, out[1:]):
-            s[...] = new
+    """Applies `kernel` over 1-D arrays of one dtype, writing w and slots back in place."""
+    if w.size == 0:
+        return
+    kernel = getattr(kernel, "__func__", kernel)  # a staticmethod stored on an instance
+    key = _key(kernel, slots, coefficients, w)
+    if engine() == "numba":
+        loop = _loop(key)
+        if loop is not None:
+            try:
+                loop(w, g, slots, coefficients)
+            except Exception as e:  # noqa: BLE001 - e.g. a typing error at first call
+                _loops[key] = None
+                warnings.warn(
+                    f"numba failed on kernel `{kernel.__name__}` ({type(e).__name__}); using "
+                    "the numpy engine for it.",
+                    stacklevel=2,
+                )
+            else:
+                return
+    program = _program(key)
+    if chunk is None:
+        chunk = max(1024, CHUNK_BYTES // program.bytes_per_element)
+    program(w, g, slots, coefficients, chunk)
 
 
 class ArenaLayout:
