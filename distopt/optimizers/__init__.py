@@ -3,7 +3,31 @@
 from distopt.optimizers import schedules
 from distopt.optimizers._base import Optimizer
 from distopt.optimizers._registry import deserialize, get, serialize
+from distopt.optimizers.adadelta import Adadelta
+from distopt.optimizers.adagrad import Adagrad
 from distopt.optimizers.adam import Adam
+from distopt.optimizers.adamax import Adamax
+from distopt.optimizers.adamw import AdamW
+from distopt.optimizers.ftrl import Ftrl
+from distopt.optimizers.lion import Lion
+from distopt.optimizers.nadam import Nadam
+from distopt.optimizers.rmsprop import RMSprop
 from distopt.optimizers.sgd import SGD
 
-__all__ = ["Adam", "Optimizer", "SGD", "deserialize", "get", "schedules", "serialize"]
+__all__ = [
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "Adamax",
+    "AdamW",
+    "Ftrl",
+    "Lion",
+    "Nadam",
+    "Optimizer",
+    "RMSprop",
+    "SGD",
+    "deserialize",
+    "get",
+    "schedules",
+    "serialize",
+]

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from distopt.optimizers._base import Optimizer
+from distopt.optimizers.adadelta import Adadelta
+from distopt.optimizers.adagrad import Adagrad
 from distopt.optimizers.adam import Adam
+from distopt.optimizers.adamax import Adamax
+from distopt.optimizers.adamw import AdamW
+from distopt.optimizers.ftrl import Ftrl
+from distopt.optimizers.lion import Lion
+from distopt.optimizers.nadam import Nadam
+from distopt.optimizers.rmsprop import RMSprop
 from distopt.optimizers.sgd import SGD
 
 # Keyed by lower-cased class name, as Keras's table (plus Lamb, which Keras forgot).
-_BUILTINS: dict[str, type[Optimizer]] = {cls.__name__.lower(): cls for cls in (SGD, Adam)}
+_BUILTINS: dict[str, type[Optimizer]] = {
+    cls.__name__.lower(): cls
+    for cls in (SGD, Adam, RMSprop, AdamW, Adadelta, Adagrad, Adamax, Nadam, Ftrl, Lion)
+}
 
 
 def _register(cls: type[Optimizer]) -> type[Optimizer]:

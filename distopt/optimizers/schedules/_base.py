@@ -1,6 +1,10 @@
-"""`LearningRateSchedule`, the base of every schedule."""
+"""`LearningRateSchedule`, the base of every schedule, and the helpers schedules share."""
 
 from __future__ import annotations
+
+import numbers
+
+import numpy as np
 
 
 class LearningRateSchedule:
@@ -25,3 +29,37 @@ class LearningRateSchedule:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def compute_dtype(initial_learning_rate) -> np.dtype:
+    """Keras computes in the dtype of `initial_learning_rate`: float32 for a Python number,
+    the numpy dtype for a numpy float (e.g. `np.float64(0.1)` computes in float64)."""
+    if isinstance(initial_learning_rate, (np.floating, np.ndarray)):
+        dtype = np.asarray(initial_learning_rate).dtype
+        if dtype.kind == "f":
+            return dtype
+    return np.dtype("float32")
+
+
+def as_step(step, dtype) -> np.ndarray:
+    """The step (int, float, numpy scalar or Variable) cast to the compute dtype, 0-d."""
+    arr = np.asarray(step)
+    if arr.shape != () or arr.dtype.kind not in "fiub":
+        raise ValueError(
+            "A learning rate schedule takes a scalar step (an int, a float or a scalar "
+            f"Variable). Received: step={step!r}"
+        )
+    return arr.astype(dtype)[()]
+
+
+def check_number(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Argument `{name}` must be a number. Received: {name}={value!r}")
+
+
+def check_positive_steps(name: str, value) -> None:
+    check_number(name, value)
+    if value <= 0:
+        raise ValueError(f"Argument `{name}` must be > 0. Received: {name}={value}")

@@ -1,0 +1,170 @@
+"""Exponential, piecewise-constant, polynomial and inverse-time decay, as Keras computes them.
+
+Each computes in the dtype of `initial_learning_rate` (float32 for a Python float), with the
+same operation order as Keras, so values match Keras's float32 results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distopt.optimizers.schedules._base import (
+    LearningRateSchedule,
+    as_step,
+    check_number,
+    check_positive_steps,
+    compute_dtype,
+)
+
+
+class ExponentialDecay(LearningRateSchedule):
+    """`initial_learning_rate * decay_rate ** (step / decay_steps)` (floored if `staircase`)."""
+
+    def __init__(
+        self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
+        name="ExponentialDecay",
+    ):  # fmt: skip
+        check_number("initial_learning_rate", initial_learning_rate)
+        check_positive_steps("decay_steps", decay_steps)
+        check_number("decay_rate", decay_rate)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.decay_rate = decay_rate
+        self.staircase = staircase
+        self.name = name
+
+    def __call__(self, step):
+        dtype = compute_dtype(self.initial_learning_rate)
+        c = dtype.type
+        p = as_step(step, dtype) / c(self.decay_steps)
+        if self.staircase:
+            p = np.floor(p)
+        return c(self.initial_learning_rate) * np.power(c(self.decay_rate), p)
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+            "name": self.name,
+        }
+
+
+class PiecewiseConstantDecay(LearningRateSchedule):
+    """`values[0]` while `step <= boundaries[0]`, `values[i]` for
+    `boundaries[i-1] < step <= boundaries[i]`, `values[-1]` after the last boundary."""
+
+    def __init__(self, boundaries, values, name="PiecewiseConstant"):
+        boundaries, values = list(boundaries), list(values)
+        if len(boundaries) != len(values) - 1:
+            raise ValueError(
+                "The length of boundaries should be 1 less than the length of values. "
+                f"Received: boundaries={boundaries} of length {len(boundaries)}, and "
+                f"values={values} of length {len(values)}."
+            )
+        for i, b in enumerate(boundaries):
+            check_number(f"boundaries[{i}]", b)
+        for i, v in enumerate(values):
+            check_number(f"values[{i}]", v)
+        self.boundaries = boundaries
+        self.values = values
+        self.name = name
+
+    def __call__(self, step):
+        raw = np.asarray(step)
+        step = as_step(step, raw.dtype)
+        # The result has the dtype of values[0] as Keras converts it (Python float -> float32).
+        result = np.asarray(self.values[0])
+        if result.dtype == np.float64 and not isinstance(self.values[0], np.floating):
+            result = result.astype(np.float32)
+        dtype = result.dtype
+        bounds = [np.asarray(b).astype(raw.dtype)[()] for b in self.boundaries]
+        index = len(bounds)
+        for i, b in enumerate(bounds):
+            if step <= b:
+                index = i
+                break
+        return np.asarray(self.values[index]).astype(dtype)[()]
+
+    def get_config(self):
+        return {"boundaries": self.boundaries, "values": self.values, "name": self.name}
+
+
+class PolynomialDecay(LearningRateSchedule):
+    """`(lr0 - end) * (1 - step / decay_steps) ** power + end`; with `cycle` the horizon
+    grows to the first multiple of `decay_steps` beyond the step."""
+
+    def __init__(
+        self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0,
+        cycle=False, name="PolynomialDecay",
+    ):  # fmt: skip
+        check_number("initial_learning_rate", initial_learning_rate)
+        check_positive_steps("decay_steps", decay_steps)
+        check_number("end_learning_rate", end_learning_rate)
+        check_number("power", power)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.end_learning_rate = end_learning_rate
+        self.power = power
+        self.cycle = cycle
+        self.name = name
+
+    def __call__(self, step):
+        dtype = compute_dtype(self.initial_learning_rate)
+        c = dtype.type
+        lr0, end = c(self.initial_learning_rate), c(self.end_learning_rate)
+        s = as_step(step, dtype)
+        horizon = c(self.decay_steps)
+        if self.cycle:
+            multiplier = c(1.0) if s == 0 else np.ceil(s / c(self.decay_steps))
+            horizon = horizon * multiplier
+        else:
+            s = np.minimum(s, horizon)
+        p = s / horizon
+        return (lr0 - end) * np.power(c(1) - p, c(self.power)) + end
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "end_learning_rate": self.end_learning_rate,
+            "power": self.power,
+            "cycle": self.cycle,
+            "name": self.name,
+        }
+
+
+class InverseTimeDecay(LearningRateSchedule):
+    """`initial_learning_rate / (1 + decay_rate * step / decay_steps)` (floored if
+    `staircase`)."""
+
+    def __init__(
+        self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
+        name="InverseTimeDecay",
+    ):  # fmt: skip
+        check_number("initial_learning_rate", initial_learning_rate)
+        check_positive_steps("decay_steps", decay_steps)
+        check_number("decay_rate", decay_rate)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.decay_rate = decay_rate
+        self.staircase = staircase
+        self.name = name
+
+    def __call__(self, step):
+        dtype = compute_dtype(self.initial_learning_rate)
+        c = dtype.type
+        p = as_step(step, dtype) / c(self.decay_steps)
+        if self.staircase:
+            p = np.floor(p)
+        return c(self.initial_learning_rate) / (c(1) + c(self.decay_rate) * p)
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+            "name": self.name,
+        }
