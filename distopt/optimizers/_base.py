@@ -424,29 +424,30 @@ class Optimizer(_transforms.TransformsMixin):
 
     def save_own_variables(self, store) -> None:
         """`store["0"], store["1"], ...` = the values of `variables`, in order."""
-        for i, v in enumerate(self._variables):
+        for i, v in enumerate(self.variables):
             store[str(i)] = v.numpy()
 
     def load_own_variables(self, store) -> None:
         """Assigns `store[str(i)]` to `variables[i]` (Keras's warning if the counts differ)."""
-        if len(store.keys()) != len(self._variables):
+        variables = self.variables  # a wrapper's includes its inner optimizer's
+        if len(store.keys()) != len(variables):
             msg = (
                 f"Skipping variable loading for optimizer '{self.name}', because it has "
-                f"{len(self._variables)} variables whereas the saved optimizer has "
+                f"{len(variables)} variables whereas the saved optimizer has "
                 f"{len(store.keys())} variables. "
             )
-            if not self._variables or len(self._variables) <= 2 and not self.built:
+            if not variables or len(variables) <= 2 and not self.built:
                 msg += "This is likely because the optimizer has not been called/built yet."
             warnings.warn(msg, stacklevel=2)
             return
-        values = [np.asarray(store[str(i)]) for i in range(len(self._variables))]
-        for v, value in zip(self._variables, values):
+        values = [np.asarray(store[str(i)]) for i in range(len(variables))]
+        for v, value in zip(variables, values):
             if value.shape != v.shape:
                 raise ValueError(
                     f"Optimizer variable {v.path} has shape {v.shape} not compatible with "
                     f"provided weight shape {value.shape}."
                 )
-        for v, value in zip(self._variables, values):
+        for v, value in zip(variables, values):
             v.assign(value)
 
     def __repr__(self) -> str:

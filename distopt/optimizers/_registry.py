@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from distopt.optimizers._base import Optimizer
 from distopt.optimizers.adadelta import Adadelta
+from distopt.optimizers.adafactor import Adafactor
 from distopt.optimizers.adagrad import Adagrad
 from distopt.optimizers.adam import Adam
 from distopt.optimizers.adamax import Adamax
 from distopt.optimizers.adamw import AdamW
 from distopt.optimizers.ftrl import Ftrl
+from distopt.optimizers.lamb import Lamb
 from distopt.optimizers.lion import Lion
+from distopt.optimizers.loss_scale_optimizer import LossScaleOptimizer
+from distopt.optimizers.muon import Muon
 from distopt.optimizers.nadam import Nadam
 from distopt.optimizers.rmsprop import RMSprop
+from distopt.optimizers.schedule_free_adamw import ScheduleFreeAdamW
 from distopt.optimizers.sgd import SGD
 
 # Keyed by lower-cased class name, as Keras's table (plus Lamb, which Keras forgot).
@@ -24,6 +29,11 @@ _BUILTINS: dict[str, type[Optimizer]] = {
 def _register(cls: type[Optimizer]) -> type[Optimizer]:
     _BUILTINS[cls.__name__.lower()] = cls
     return cls
+
+
+# Per-tensor optimizers and the loss-scale wrapper.
+for _cls in (Adafactor, Lamb, LossScaleOptimizer, Muon, ScheduleFreeAdamW):
+    _register(_cls)
 
 
 def serialize(optimizer: Optimizer) -> dict:

@@ -1,0 +1,222 @@
+"""Dynamic loss scaling around another optimizer, as `keras.optimizers.LossScaleOptimizer`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distopt._variable import Variable
+from distopt.distribute import ReduceOp
+from distopt.optimizers._base import Optimizer
+from distopt.optimizers._validation import check_gradients
+
+# Old configs carried the base keys; Keras accepts them only at these defaults.
+_BASE_DEFAULTS = {
+    "weight_decay": None,
+    "clipnorm": None,
+    "global_clipnorm": None,
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
+
+
+def _all_finite(grads) -> bool:
+    return all(bool(np.all(np.isfinite(g))) for g in grads if g is not None)
+
+
+class LossScaleOptimizer(Optimizer):
+    """Wraps `inner_optimizer` with a dynamic loss scale.
+
+    Multiply the loss by the scale (`scale_loss`); gradients are divided by it before the
+    inner update. A step whose gradients are not all finite is skipped and halves the scale;
+    every `dynamic_growth_steps` finite steps in a row double it. Under a strategy the
+    decision is taken on the aggregated gradients (or on an all-reduced flag when the inner
+    optimizer accumulates locally), so every rank skips or updates together.
+    """
+
+    def __init__(
+        self,
+        inner_optimizer,
+        initial_scale=2.0**15,
+        dynamic_growth_steps=2000,
+        name=None,
+        **kwargs,
+    ):
+        if not kwargs.pop("dynamic", True):
+            raise ValueError(
+                "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set "
+                "`loss_scale_factor` directly on the `inner_optimizer`."
+            )
+        for arg, default in _BASE_DEFAULTS.items():
+            if arg in kwargs:
+                value = kwargs.pop(arg)
+                if (default is None and value is not None) or value != default:
+                    raise ValueError(
+                        f"LossScaleOptimizer does not support `{arg}`. Instead, set `{arg}` on "
+                        "the `inner_optimizer`."
+                    )
+        if kwargs:
+            raise ValueError(
+                f"LossScaleOptimizer does not support arguments: `{'`, `'.join(kwargs)}`."
+            )
+        if not isinstance(inner_optimizer, Optimizer):
+            raise TypeError(
+                "Argument `inner_optimizer` must be a distopt optimizer instance, e.g. "
+                f"`SGD()`. Received: inner_optimizer={inner_optimizer!r}"
+            )
+        if (
+            not isinstance(initial_scale, (int, float, np.integer, np.floating))
+            or isinstance(initial_scale, bool)
+            or not np.isfinite(initial_scale)
+            or initial_scale <= 0
+        ):
+            raise ValueError(
+                "Argument `initial_scale` must be a finite number > 0. "
+                f"Received: initial_scale={initial_scale!r}"
+            )
+        if (
+            not isinstance(dynamic_growth_steps, (int, np.integer))
+            or isinstance(dynamic_growth_steps, bool)
+            or dynamic_growth_steps < 1
+        ):
+            raise ValueError(
+                "Argument `dynamic_growth_steps` must be an integer >= 1. "
+                f"Received: dynamic_growth_steps={dynamic_growth_steps!r}"
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = inner_optimizer
+        self.initial_scale = initial_scale
+        self.dynamic_growth_steps = dynamic_growth_steps
+        # Otherwise the inner optimizer would unscale a second time.
+        inner_optimizer.loss_scale_factor = None
+
+    def build(self, variables):
+        if self.built:
+            return
+        variables = list(variables)
+        for v in variables:
+            if not isinstance(v, Variable):
+                raise TypeError(f"`build` takes distopt.Variable objects. Received: {v!r}")
+        self.step_counter = self.add_variable((), "zeros", dtype="int32", name="step_counter")
+        self.dynamic_scale = self.add_variable(
+            (), self.initial_scale, dtype="float32", name="dynamic_scale"
+        )
+        self.inner_optimizer.build(variables)
+        super().build(variables)
+
+    @property
+    def variables(self) -> list[Variable]:
+        """Own variables (iteration, learning_rate, step_counter, dynamic_scale), then the
+        inner optimizer's."""
+        return list(self._variables) + self.inner_optimizer.variables
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.inner_optimizer.learning_rate = value
+
+    def scale_loss(self, loss):
+        """`loss * dynamic_scale` (the initial scale before build)."""
+        return loss * (self.dynamic_scale.value if self.built else self.initial_scale)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def _apply(self, grads, variables, aggregate):
+        inner = self.inner_optimizer
+        owner = inner if inner.built else self
+        known = owner._trainable_variables_indices if owner.built else None
+        grads = check_gradients(grads, variables, known)
+        strategy = self._check_strategy(variables)
+        inner._check_strategy(variables)
+        if all(g is None for g in grads):
+            raise ValueError("No gradients provided for any variable.")
+        if not self.built:
+            self.build(variables)
+        inner_aggregate = aggregate
+        if aggregate and strategy.num_replicas_in_sync > 1:
+            if inner.gradient_accumulation_steps:
+                # The inner optimizer reduces only on its update calls: agree on a flag.
+                finite = self._finite_on_every_rank(strategy, grads)
+            else:
+                grads, finite = self._reduce(strategy, grads, variables)
+                inner_aggregate = False
+        else:
+            finite = _all_finite(grads)
+        if not finite:
+            self.step_counter.value[...] = 0
+            self.dynamic_scale.value[...] *= np.float32(0.5)
+            return
+        scale = self.dynamic_scale.value
+        unscaled = [
+            g if g is None or v.overwrite_with_gradient else g / scale
+            for g, v in zip(grads, variables)
+        ]
+        inner._apply(unscaled, variables, inner_aggregate)
+        if int(self.step_counter.value) == self.dynamic_growth_steps - 1:
+            self.step_counter.value[...] = 0
+            self.dynamic_scale.value[...] *= np.float32(2)
+        else:
+            self.step_counter.value[...] += 1
+
+    @staticmethod
+    def _reduce(strategy, grads, variables):
+        """Aggregates as the inner optimizer would (overwrite variables by MAX) and decides
+        finiteness on the result: (grads, finite), identical on every rank.
+
+        Collective: call on all ranks, in the same order.
+        """
+        out = list(grads)
+        pairs = [(k, g, v) for k, (g, v) in enumerate(zip(grads, variables)) if g is not None]
+        normal = [(k, g, v) for k, g, v in pairs if not v.overwrite_with_gradient]
+        overwrite = [(k, np.asarray(g, v.dtype)) for k, g, v in pairs if v.overwrite_with_gradient]
+        if normal:
+            reduced = strategy._reduce_gradients([g for _, g, _ in normal], [v for *_, v in normal])
+            for (k, _, _), g in zip(normal, reduced):
+                out[k] = g
+        finite = _all_finite(out[k] for k, _, _ in normal)
+        if overwrite:
+            # MPI's MAX need not propagate NaN: reduce this rank's verdict alongside.
+            local = [g for _, g in overwrite]
+            flag = np.array([0.0 if _all_finite(local) else 1.0])
+            *reduced, flag = strategy._reduce_leaves(ReduceOp.MAX, [*local, flag])
+            for (k, _), g in zip(overwrite, reduced):
+                out[k] = g
+            finite = finite and flag[0] == 0.0
+        return out, finite
+
+    @staticmethod
+    def _finite_on_every_rank(strategy, grads) -> bool:
+        """Collective: call on all ranks, in the same order."""
+        flag = np.array([0.0 if _all_finite(grads) else 1.0])
+        return float(strategy._reduce_leaves(ReduceOp.MAX, [flag])[0][0]) == 0.0
+
+    def get_config(self):
+        from distopt.optimizers._registry import serialize
+
+        return {
+            "name": self.name,
+            "inner_optimizer": serialize(self.inner_optimizer),
+            "initial_scale": self.initial_scale,
+            "dynamic_growth_steps": self.dynamic_growth_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from distopt.optimizers._registry import deserialize
+
+        config = dict(config)
+        inner = config.pop("inner_optimizer")
+        if isinstance(inner, dict):
+            inner = deserialize(inner, custom_objects=custom_objects)
+        return cls(inner, **config)
