@@ -16,8 +16,16 @@ def decay(w, weight_decay, lr):
     return w if weight_decay is None else w - w * weight_decay * lr
 
 
-def adafactor(w, grads, lr=0.001, beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3,
-              clip_threshold=1.0, weight_decay=None):  # fmt: skip
+def adafactor(
+    w,
+    grads,
+    lr=0.001,
+    beta_2_decay=-0.8,
+    epsilon_1=1e-30,
+    epsilon_2=1e-3,
+    clip_threshold=1.0,
+    weight_decay=None,
+):
     """Shazeer & Stern (2018), Algorithm 4 with Keras's relative step and clipping."""
     w = np.array(w, dtype=np.float64)
     factored = w.ndim >= 2
@@ -85,8 +93,9 @@ def adam(w, grads, lr, beta_1, beta_2, epsilon, weight_decay=None, lr_ratio=1.0)
     return w
 
 
-def muon_matrix(w, grads, lr=0.001, momentum=0.95, nesterov=True, ns_steps=5, rms_rate=0.2,
-                weight_decay=0.004):  # fmt: skip
+def muon_matrix(
+    w, grads, lr=0.001, momentum=0.95, nesterov=True, ns_steps=5, rms_rate=0.2, weight_decay=0.004
+):
     """Muon on one 2-D matrix, with Moonlight's RMS matching (Liu et al., 2025)."""
     w = np.array(w, dtype=np.float64)
     buf = np.zeros_like(w)
@@ -101,8 +110,9 @@ def muon_matrix(w, grads, lr=0.001, momentum=0.95, nesterov=True, ns_steps=5, rm
     return w
 
 
-def schedule_free_adamw(w, grads, lr=0.0025, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                        warmup_steps=0):  # fmt: skip
+def schedule_free_adamw(
+    w, grads, lr=0.0025, beta_1=0.9, beta_2=0.999, epsilon=1e-8, warmup_steps=0
+):
     """Defazio et al. (2024), Schedule-Free AdamW with x kept explicitly (no weight decay)."""
     y = np.array(w, dtype=np.float64)
     z = y.copy()

@@ -45,7 +45,9 @@ def _cases():
     return [c for c in cases if c["id"].startswith("loss_scale_optimizer.")]
 
 
-@pytest.mark.parametrize("case", [c for c in _cases() if c["kind"] == "scenario"], ids=lambda c: c["id"])
+@pytest.mark.parametrize(
+    "case", [c for c in _cases() if c["kind"] == "scenario"], ids=lambda c: c["id"]
+)
 def test_golden_scenario(case):
     variables = {
         k: distopt.Variable(
@@ -56,9 +58,11 @@ def test_golden_scenario(case):
     }
     opts = {k: _lso_from_kwargs(s["kwargs"]) for k, s in case["optimizers"].items()}
     grads = {k: np.asarray(_num(g), np.float32) for k, g in case["grads"].items()}
-    steps = [{"op": "start", "optimizer": next(iter(opts))}] if len(case["expected"]) > len(
-        case["script"]
-    ) else []
+    steps = (
+        [{"op": "start", "optimizer": next(iter(opts))}]
+        if len(case["expected"]) > len(case["script"])
+        else []
+    )
     for action, expected in zip(steps + case["script"], case["expected"]):
         opt = opts[action["optimizer"]]
         if action["op"] == "build":
@@ -97,11 +101,15 @@ def test_variables_order_and_counters():
     opt = LossScaleOptimizer(Adam(name="inner"), initial_scale=8.0, dynamic_growth_steps=3)
     returned = opt.apply_gradients([(np.array([8.0, 8.0]), v)])
     assert [x.path for x in opt.variables] == [
-        "loss_scale_optimizer/iteration", "loss_scale_optimizer/learning_rate",
-        "loss_scale_optimizer/step_counter", "loss_scale_optimizer/dynamic_scale",
-        "inner/iteration", "inner/learning_rate", "inner/variable_momentum",
+        "loss_scale_optimizer/iteration",
+        "loss_scale_optimizer/learning_rate",
+        "loss_scale_optimizer/step_counter",
+        "loss_scale_optimizer/dynamic_scale",
+        "inner/iteration",
+        "inner/learning_rate",
+        "inner/variable_momentum",
         "inner/variable_velocity",
-    ]  # fmt: skip
+    ]
     assert returned is opt._iterations and int(returned.value) == 0  # never incremented
     assert int(opt.iterations.value) == 1 and opt.iterations is opt.inner_optimizer.iterations
     assert opt.step_counter.dtype == np.int32 and opt.dynamic_scale.dtype == np.float32
@@ -113,7 +121,9 @@ def test_skips_non_finite_steps_and_grows_after_finite_ones():
     history = []
     for g in ([4.0, 8.0], [np.nan, 1.0], [4.0, -np.inf], [2.0, 2.0], [2.0, 2.0], [8.0, 8.0]):
         opt.apply_gradients([(np.array(g), v)])
-        history.append((v.numpy().tolist(), float(opt.dynamic_scale.value), int(opt.step_counter.value)))
+        history.append(
+            (v.numpy().tolist(), float(opt.dynamic_scale.value), int(opt.step_counter.value))
+        )
     assert history == [
         ([0.0, 0.0], 4.0, 1),  # 4 / 4
         ([0.0, 0.0], 2.0, 0),  # skipped, halved
@@ -137,7 +147,10 @@ def test_scale_loss_and_learning_rate_are_the_inner_ones():
 def test_save_and_load_cover_the_inner_state():
     rng = np.random.default_rng(0)
     make = lambda: LossScaleOptimizer(Adam(learning_rate=0.1), initial_scale=2.0)  # noqa: E731
-    v, w = distopt.Variable(np.ones(3), dtype="float64"), distopt.Variable(np.ones(3), dtype="float64")
+    v, w = (
+        distopt.Variable(np.ones(3), dtype="float64"),
+        distopt.Variable(np.ones(3), dtype="float64"),
+    )
     opt, other = make(), make()
     grads = [rng.standard_normal(3) for _ in range(6)]
     grads[1][0] = np.inf
@@ -163,7 +176,9 @@ def test_overwrite_variables_are_not_unscaled_and_none_gradients_are_dropped():
     unused = distopt.Variable([5.0])
     opt = LossScaleOptimizer(SGD(learning_rate=1.0), initial_scale=2.0)
     with pytest.warns(UserWarning, match="Gradients do not exist for variables"):
-        opt.apply_gradients([(np.array([2.0, 4.0]), kernel), (np.array([3.0]), amax), (None, unused)])
+        opt.apply_gradients(
+            [(np.array([2.0, 4.0]), kernel), (np.array([3.0]), amax), (None, unused)]
+        )
     np.testing.assert_array_equal(kernel.value, [0.0, -1.0])
     np.testing.assert_array_equal(amax.value, [3.0])
     np.testing.assert_array_equal(unused.value, [5.0])
@@ -173,12 +188,21 @@ def test_overwrite_variables_are_not_unscaled_and_none_gradients_are_dropped():
 @pytest.mark.parametrize(
     "kwargs, text",
     [
-        ({"dynamic": False}, "LossScaleOptimizer no longer supports `dynamic=False`. Instead, "
-         "simply set `loss_scale_factor` directly on the `inner_optimizer`."),  # fmt: skip
-        ({"clipnorm": 1.0}, "LossScaleOptimizer does not support `clipnorm`. Instead, set "
-         "`clipnorm` on the `inner_optimizer`."),  # fmt: skip
-        ({"use_ema": True}, "LossScaleOptimizer does not support `use_ema`. Instead, set "
-         "`use_ema` on the `inner_optimizer`."),  # fmt: skip
+        (
+            {"dynamic": False},
+            "LossScaleOptimizer no longer supports `dynamic=False`. Instead, "
+            "simply set `loss_scale_factor` directly on the `inner_optimizer`.",
+        ),
+        (
+            {"clipnorm": 1.0},
+            "LossScaleOptimizer does not support `clipnorm`. Instead, set "
+            "`clipnorm` on the `inner_optimizer`.",
+        ),
+        (
+            {"use_ema": True},
+            "LossScaleOptimizer does not support `use_ema`. Instead, set "
+            "`use_ema` on the `inner_optimizer`.",
+        ),
         ({"foo": 1, "bar": 2}, "LossScaleOptimizer does not support arguments: `foo`, `bar`."),
         ({"initial_scale": 0.0}, "Argument `initial_scale` must be a finite number > 0."),
         ({"dynamic_growth_steps": 0}, "Argument `dynamic_growth_steps` must be an integer >= 1."),
@@ -239,8 +263,12 @@ def test_every_rank_skips_when_one_rank_is_not_finite(comm_world, accumulation):
             g[1] = np.inf  # only the last rank sees the overflow
         strategy.run(opt.apply_gradients, args=([(g, v)],))
     states = comm_world.allgather(
-        (v.numpy(), float(opt.dynamic_scale.value), int(opt.step_counter.value),
-         int(opt.inner_optimizer._iterations.value))  # fmt: skip
+        (
+            v.numpy(),
+            float(opt.dynamic_scale.value),
+            int(opt.step_counter.value),
+            int(opt.inner_optimizer._iterations.value),
+        )
     )
     for got in states:  # identical bits and counters everywhere
         np.testing.assert_array_equal(got[0], states[0][0])

@@ -63,8 +63,14 @@ def _ref_kwargs(kwargs, default_lr, drop=()):
     [
         {},
         {"learning_rate": 0.5, "weight_decay": 0.01},
-        {"learning_rate": 0.05, "beta_2_decay": -0.65, "epsilon_1": 1e-15, "epsilon_2": 1e-4,
-         "clip_threshold": 0.9, "relative_step": False},  # fmt: skip
+        {
+            "learning_rate": 0.05,
+            "beta_2_decay": -0.65,
+            "epsilon_1": 1e-15,
+            "epsilon_2": 1e-4,
+            "clip_threshold": 0.9,
+            "relative_step": False,
+        },
     ],
 )
 def test_adafactor_matches_reference(kwargs):
@@ -78,7 +84,9 @@ def test_adafactor_matches_reference(kwargs):
         np.testing.assert_allclose(var.value, expected, rtol=RTOL, atol=0)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"learning_rate": 0.1, "beta_1": 0.8, "weight_decay": 0.05}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"learning_rate": 0.1, "beta_1": 0.8, "weight_decay": 0.05}]
+)
 def test_lamb_matches_reference(kwargs):
     rng = np.random.default_rng(2)
     shapes = [(), (6,), (3, 4)]
@@ -96,8 +104,16 @@ def test_lamb_matches_reference(kwargs):
     "kwargs",
     [
         {},
-        {"learning_rate": 0.02, "nesterov": False, "rms_rate": None, "adam_lr_ratio": 0.5,
-         "weight_decay": 0.1, "adam_weight_decay": None, "momentum": 0.9, "ns_steps": 3},  # fmt: skip
+        {
+            "learning_rate": 0.02,
+            "nesterov": False,
+            "rms_rate": None,
+            "adam_lr_ratio": 0.5,
+            "weight_decay": 0.1,
+            "adam_weight_decay": None,
+            "momentum": 0.9,
+            "ns_steps": 3,
+        },
         {"learning_rate": 0.01, "exclude_embeddings": False, "weight_decay": None},
     ],
 )
@@ -110,19 +126,25 @@ def test_muon_matches_reference(kwargs):
     variables = _train(opt, values, grads, names=names)
     lr = _lr(kwargs, 0.001)
     adam_kwargs = {
-        "lr": lr, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+        "lr": lr,
+        "beta_1": 0.9,
+        "beta_2": 0.999,
+        "epsilon": 1e-7,
         "weight_decay": kwargs.get("adam_weight_decay", 0.004),
         "lr_ratio": kwargs.get("adam_lr_ratio", 1),
-    }  # fmt: skip
+    }
     muon_kwargs = {
-        "lr": lr, "momentum": kwargs.get("momentum", 0.95), "nesterov": kwargs.get("nesterov", True),
-        "ns_steps": kwargs.get("ns_steps", 5), "rms_rate": kwargs.get("rms_rate", 0.2),
+        "lr": lr,
+        "momentum": kwargs.get("momentum", 0.95),
+        "nesterov": kwargs.get("nesterov", True),
+        "ns_steps": kwargs.get("ns_steps", 5),
+        "rms_rate": kwargs.get("rms_rate", 0.2),
         "weight_decay": kwargs.get("weight_decay", 0.004),
-    }  # fmt: skip
+    }
     embeddings_to_adam = kwargs.get("exclude_embeddings", True)
     for k, (name, var) in enumerate(zip(names, variables)):
-        adam_path = var.ndim != 2 or name == "head_kernel" or (
-            embeddings_to_adam and "embedding" in name
+        adam_path = (
+            var.ndim != 2 or name == "head_kernel" or (embeddings_to_adam and "embedding" in name)
         )
         if adam_path:
             expected = ref.adam(values[k], _per_variable(grads, k), **adam_kwargs)
@@ -270,7 +292,9 @@ def _run_accumulation(case):
     n = case["gradient_accumulation_steps"]
     config = {"class_name": case["optimizer"], "config": case["kwargs"]}
     plain = optimizers.get(config)
-    accumulating = optimizers.get({**config, "config": {**case["kwargs"], "gradient_accumulation_steps": n}})
+    accumulating = optimizers.get(
+        {**config, "config": {**case["kwargs"], "gradient_accumulation_steps": n}}
+    )
     var1 = distopt.Variable(np.asarray(case["var_init"], np.float32))
     var3 = distopt.Variable(np.asarray(case["var_init"], np.float32))
     for epoch in case["grads"]:
@@ -312,11 +336,14 @@ def test_adafactor_layout_with_overwrite_variables():
     opt.build([kernel, scale, amax])
     got = [(v.path, v.shape, v.dtype.name) for v in opt.variables]
     assert got == [
-        ("af/iteration", (), "int32"), ("af/learning_rate", (), "float32"),
-        ("af/kernel", (2,), "float32"), ("af/kernel", (3,), "float32"),
+        ("af/iteration", (), "int32"),
+        ("af/learning_rate", (), "float32"),
+        ("af/kernel", (2,), "float32"),
+        ("af/kernel", (3,), "float32"),
         ("af/kernel_velocity", (2, 3), "float32"),
-        ("amax", (), "int32"), ("amax", (), "int32"),
-    ]  # fmt: skip
+        ("amax", (), "int32"),
+        ("amax", (), "int32"),
+    ]
     opt.apply_gradients([(np.ones((2, 3)), kernel), (np.full((2, 2), 7.0), scale)])
     np.testing.assert_array_equal(scale.value, np.full((2, 2), 7.0))
 
@@ -330,10 +357,13 @@ def test_muon_routing_and_layout_follow_paths():
     assert [opt._should_use_adamw(v) for v in variables] == [False, True, True, True]
     assert [v.path for v in opt.variables[2:]] == [
         "mu/dense_kernel_momentum",
-        "mu/word_embedding_momentum", "mu/word_embedding_velocity",
-        "mu/out_kernel_momentum", "mu/out_kernel_velocity",
-        "mu/conv_kernel_momentum", "mu/conv_kernel_velocity",
-    ]  # fmt: skip
+        "mu/word_embedding_momentum",
+        "mu/word_embedding_velocity",
+        "mu/out_kernel_momentum",
+        "mu/out_kernel_velocity",
+        "mu/conv_kernel_momentum",
+        "mu/conv_kernel_velocity",
+    ]
     assert not Muon(exclude_embeddings=False)._should_use_adamw(variables[1])
 
 
@@ -400,8 +430,13 @@ def test_a_raising_call_changes_nothing(cls):
 # -- registry, config, state ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "identifier, cls",
-    [("lamb", Lamb), ("Lamb", Lamb), ("adafactor", Adafactor), ("MUON", Muon),
-     ("schedulefreeadamw", ScheduleFreeAdamW)],  # fmt: skip
+    [
+        ("lamb", Lamb),
+        ("Lamb", Lamb),
+        ("adafactor", Adafactor),
+        ("MUON", Muon),
+        ("schedulefreeadamw", ScheduleFreeAdamW),
+    ],
 )
 def test_get_by_name(identifier, cls):
     opt = optimizers.get(identifier)
@@ -452,7 +487,10 @@ def test_saved_state_continues_the_identical_trajectory(cls, kwargs):
 
 def test_lamb_accumulation_equals_the_mean_gradient():
     rng = np.random.default_rng(8)
-    plain, accumulating = Lamb(learning_rate=0.1), Lamb(learning_rate=0.1, gradient_accumulation_steps=2)
+    plain, accumulating = (
+        Lamb(learning_rate=0.1),
+        Lamb(learning_rate=0.1, gradient_accumulation_steps=2),
+    )
     a, b = _variables([np.ones((2, 3))]), _variables([np.ones((2, 3))])
     for _ in range(3):
         g1, g2 = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
@@ -481,7 +519,9 @@ def test_ranks_agree_with_one_process_fed_the_summed_gradient(cls, kwargs, comm_
     shapes = [(), (3,), (4, 3)]
     values = [rng.standard_normal(s) for s in shapes]
     shards = [[[rng.standard_normal(s) for s in shapes] for _ in range(size)] for _ in range(4)]
-    summed = [[np.sum([shard[r][k] for r in range(size)], axis=0) for k in range(3)] for shard in shards]
+    summed = [
+        [np.sum([shard[r][k] for r in range(size)], axis=0) for k in range(3)] for shard in shards
+    ]
     single = _train(cls(learning_rate=0.05, **kwargs), values, summed, names=["s", "b", "k"])
     strategy = MPIStrategy()
     with strategy.scope():

@@ -92,7 +92,9 @@ class Muon(Optimizer):
         m = self.momentums[i].value
         v = self.adam_velocities[i]
         if v is not None:
-            self._adamw_update_step(g, variable.value, learning_rate * self.adam_lr_ratio, m, v.value)
+            self._adamw_update_step(
+                g, variable.value, learning_rate * self.adam_lr_ratio, m, v.value
+            )
         else:
             self._muon_update_step(g, variable.value, learning_rate, m)
 
