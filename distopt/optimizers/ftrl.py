@@ -14,7 +14,7 @@ def _ftrl_kernel(w, g, n, z, lr, neg_power, two_l2_shrinkage, l1, neg_l1, two_l2
     n_new_power = np.power(n_new, neg_power)
     z = z + (shrunk - ((n_new_power - np.power(n, neg_power)) / lr) * w)
     quadratic = n_new_power / lr + two_l2
-    return (np.clip(z, neg_l1, l1) - z) / quadratic, n_new, z
+    return (np.minimum(np.maximum(z, neg_l1), l1) - z) / quadratic, n_new, z
 
 
 def _non_negative(name, value):
