@@ -3,6 +3,7 @@
 import importlib.util
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -69,12 +70,29 @@ def test_every_elementwise_optimizer_is_covered():
 @pytest.mark.parametrize("cls,options", ELEMENTWISE)
 def test_numba_and_numpy_engines_give_the_same_bits(cls, options, dtype, monkeypatch):
     monkeypatch.setattr(_engine, "CHUNK_BYTES", 4096)  # many chunks, and a ragged last one
-    a = _run(cls, options, dtype, "numpy")
-    b = _run(cls, options, dtype, "numba")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numba fallback to numpy would compare numpy to itself
+        a = _run(cls, options, dtype, "numpy")
+        b = _run(cls, options, dtype, "numba")
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert x.dtype == y.dtype and x.shape == y.shape
         assert x.tobytes() == y.tobytes()
+
+
+@needs_numba
+def test_exact_kernels_compile_and_inexact_ones_stay_on_numpy():
+    f4 = np.dtype("float32")
+    with _engine.use_engine("numba"):
+        assert _engine.engine_for(_adam_kernel, 2, f4, [f4] * 4) == "numba"
+        assert _engine.engine_for(_where_kernel, 0, f4, [f4] * 2) == "numba"
+        assert _engine.engine_for(_power_kernel, 0, f4, [f4]) == "numpy"
+    with _engine.use_engine("numpy"):
+        assert _engine.engine_for(_adam_kernel, 2, f4, [f4] * 4) == "numpy"
+
+
+def _power_kernel(w, g, p):
+    return (w - np.power(g, p),)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

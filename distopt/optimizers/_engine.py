@@ -5,7 +5,9 @@ An elementwise optimizer writes its maths once, as a kernel: a function of (w, g
 `np.where`. Two engines run it over whole flat arenas and give the same bits:
 
 - "numba": the kernel compiled for scalars inside one single-pass loop (used when numba
-  imports; `pip install distopt[fast]`);
+  imports, `pip install distopt[fast]`, for kernels made only of IEEE-exact operations:
+  arithmetic, sqrt, min/max, comparisons; a kernel using e.g. `np.power` stays on numpy,
+  whose SIMD power rounds differently from the C library's);
 - "numpy": the kernel traced once into allocation-free `out=` ufunc calls over cache-sized
   chunks.
 
@@ -141,21 +143,12 @@ def _program(key) -> Program:
     return program
 
 
-# numba's pow/exp/log round differently from numpy's in the last bit (~0.1% of elements),
-# so kernels using them stay on the numpy engine to keep both engines' bits identical.
-_NUMPY_ONLY_UFUNCS = {np.power, np.float_power, np.exp, np.expm1, np.log, np.log1p, np.exp2,
-                      np.log2, np.log10, np.sin, np.cos, np.tan, np.tanh, np.arctan}  # fmt: skip
-
-
 def _loop(key):
     """The compiled loop for `key`, or None when numba cannot compile this kernel."""
     loop = _loops.get(key, False)
+    if loop is False and not _program(key).tape.exact:
+        loop = _loops[key] = None  # e.g. np.power: numpy's SIMD and libm round differently
     if loop is False:
-        program = _program(key)  # the tracer's checks apply to both engines
-        if any(op.func in _NUMPY_ONLY_UFUNCS for op in program.tape.ops):
-            with _lock:
-                _loops[key] = None
-            return None
         try:
             from distopt.optimizers._kernel_numba import Loop
 
@@ -171,6 +164,13 @@ def _loop(key):
         with _lock:
             _loops[key] = loop
     return loop
+
+
+def engine_for(kernel, num_slots: int, dtype, coefficient_dtypes) -> str:
+    """The engine `run_kernel` uses for this kernel and these dtypes now."""
+    kernel = getattr(kernel, "__func__", kernel)
+    key = (kernel, num_slots, np.dtype(dtype), tuple(np.dtype(d) for d in coefficient_dtypes))
+    return "numba" if engine() == "numba" and _loop(key) is not None else "numpy"
 
 
 def run_kernel(

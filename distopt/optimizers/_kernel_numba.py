@@ -8,16 +8,47 @@ into an FMA and the results are bit-identical to the numpy engine.
 
 from __future__ import annotations
 
+import types
+
 import numba
+import numpy as np
 
 _OPTIONS = {"error_model": "numpy", "fastmath": False, "nogil": True}
+
+
+@numba.njit(inline="always", **_OPTIONS)
+def _clip(x, lo, hi):
+    # numpy's clip ufunc on scalars: NaN in, NaN out; max with `lo` first, then min with `hi`.
+    if np.isnan(x):
+        return x
+    t = x if x > lo else lo
+    if np.isnan(t):
+        return t
+    return t if t < hi else hi
+
+
+def _numpy_for_scalars() -> types.ModuleType:
+    """`numpy` as kernels see it in numba: the same ufuncs, plus a scalar `np.clip`."""
+    module = types.ModuleType("numpy")
+    module.__dict__.update({k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    module.clip = _clip
+    return module
+
+
+def _for_scalars(kernel):
+    names = kernel.__code__.co_names
+    scope = dict(kernel.__globals__)
+    for name, value in scope.items():
+        if value is np and name in names:
+            scope[name] = _NUMPY
+    return types.FunctionType(kernel.__code__, scope, kernel.__name__, kernel.__defaults__)
 
 
 class Loop:
     """`loop(w, g, *slots, *coefficients)`: the kernel over every element, in place."""
 
     def __init__(self, kernel, num_slots: int, num_coefficients: int):
-        scalar = numba.njit(inline="always", **_OPTIONS)(kernel)
+        scalar = numba.njit(inline="always", **_OPTIONS)(_for_scalars(kernel))
         slots = [f"s{k}" for k in range(num_slots)]
         coefficients = [f"c{k}" for k in range(num_coefficients)]
         params = ", ".join(["w", "g", *slots, *coefficients])
@@ -36,3 +67,6 @@ class Loop:
 
     def __call__(self, w, g, slots, coefficients) -> None:
         self._loop(w, g, *slots, *coefficients)
+
+
+_NUMPY = _numpy_for_scalars()

@@ -13,6 +13,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+_CLIP = np._core.umath.clip if hasattr(np, "_core") else np.core.umath.clip
+
+
+# Ufuncs whose results are fully specified by IEEE 754 (correctly rounded or exact), so numpy's
+# SIMD loops and LLVM give the same bits. Others (power, exp, log, ...) are approximated by
+# different libraries, so kernels that use them run on the numpy engine only.
+EXACT = {
+    np.add, np.subtract, np.multiply, np.true_divide, np.sqrt, np.negative, np.positive,
+    np.absolute, np.square, np.maximum, np.minimum, np.fmax, np.fmin, np.sign, np.copysign,
+    np.less, np.less_equal, np.greater, np.greater_equal, np.equal, np.not_equal,
+    np.logical_and, np.logical_or, np.logical_not, np.isnan, np.isfinite, np.isinf,
+    np.floor, np.ceil, np.trunc, np.rint, np.where, _CLIP,
+}  # fmt: skip
+
 
 class KernelError(TypeError):
     """A kernel uses something the engines cannot run identically."""
@@ -33,6 +47,11 @@ class Tape:
     dtypes: list = field(default_factory=list)
     ops: list = field(default_factory=list)
     outputs: tuple = ()
+
+    @property
+    def exact(self) -> bool:
+        """True when every operation gives the same bits in numpy and in compiled code."""
+        return all(op.func in EXACT for op in self.ops)
 
     def new_value(self, kind: str, dtype: np.dtype) -> int:
         self.kinds.append(kind)
@@ -60,8 +79,10 @@ class _Symbol:
     def __array_function__(self, func, types, args, kwargs):
         if func is np.where and len(args) == 3 and not kwargs:
             return _record(self.tape, np.where, args)
+        if func is np.clip and len(args) == 3 and not kwargs:
+            return _record(self.tape, _CLIP, args)  # np.clip is this ufunc underneath
         raise KernelError(
-            f"Kernels may use arithmetic, numpy ufuncs and 3-argument `np.where` only; "
+            f"Kernels may use arithmetic, numpy ufuncs, `np.clip` and 3-argument `np.where` only; "
             f"`np.{func.__name__}` is not supported. Write it with ufuncs."
         )
 
