@@ -66,3 +66,12 @@ class Communicator(abc.ABC):
     @abc.abstractmethod
     def abort(self, errorcode: int = 1) -> None:
         """Ends every process of the job at once (MPI_Abort); does not return."""
+
+    def side_channel(self):
+        """The point-to-point control channel of the deadline watchdog (None: not needed)."""
+        return None
+
+    @property
+    def thread_multiple(self) -> bool:
+        """True when another thread may talk on this communicator during a collective."""
+        return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.comm._base import Communicator, _check_buffer, _check_op
+from distopt.comm._side import SideChannel
 
 
 def _mpi():
@@ -30,6 +31,7 @@ class MPICommunicator(Communicator):
         self.size = self._comm.Get_size()
         self._ops = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX}
         self._in_place = MPI.IN_PLACE
+        self._side: SideChannel | None = None
 
     @property
     def mpi_comm(self):
@@ -70,6 +72,16 @@ class MPICommunicator(Communicator):
 
     def abort(self, errorcode: int = 1) -> None:
         self._comm.Abort(errorcode)
+
+    def side_channel(self) -> SideChannel:
+        if self._side is None:
+            self._side = SideChannel(self._comm, _mpi())
+        return self._side
+
+    @property
+    def thread_multiple(self) -> bool:
+        MPI = _mpi()
+        return MPI.Query_thread() >= MPI.THREAD_MULTIPLE
 
     def __repr__(self) -> str:
         return f"MPICommunicator(rank={self.rank}, size={self.size})"

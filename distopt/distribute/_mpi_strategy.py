@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
 from distopt.comm import MPICommunicator
+from distopt.distribute._abort import install_excepthook
 from distopt.distribute._reduce_op import ReduceOp
 from distopt.distribute._strategy import Strategy
 
@@ -15,6 +16,13 @@ class MPIStrategy(Strategy):
     `distopt.losses.compute_average_loss`); `gradient_reduce_op=ReduceOp.MEAN` gives Horovod's
     average. `comm` defaults to a private `Dup()` of `MPI.COMM_WORLD`. Creating the strategy is
     collective: do it on all ranks.
+
+    Safety: ranks that disagree about a collective all raise `CollectiveMismatchError`; a
+    collective that takes longer than `collective_timeout` seconds (default
+    `$DISTOPT_COLLECTIVE_TIMEOUT`, else 600; `math.inf` disables it) aborts the job with a
+    message naming the operation, the step and the ranks that did not arrive; and an
+    unhandled exception on any rank aborts the job (a `sys.excepthook` installed here), also
+    under a plain `mpiexec python script.py`.
     """
 
     def __init__(
@@ -23,7 +31,13 @@ class MPIStrategy(Strategy):
         comm=None,
         gradient_reduce_op=ReduceOp.SUM,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        collective_timeout: float | None = None,
     ):
         super().__init__(
-            MPICommunicator(comm), gradient_reduce_op=gradient_reduce_op, bucket_bytes=bucket_bytes
+            MPICommunicator(comm),
+            gradient_reduce_op=gradient_reduce_op,
+            bucket_bytes=bucket_bytes,
+            collective_timeout=collective_timeout,
         )
+        if self.num_replicas_in_sync > 1:
+            install_excepthook()

@@ -31,12 +31,31 @@ class ReplicaContext:
         Returns the same structure with reduced numpy arrays. Collective: call on all ranks,
         in the same order, with the same structure, shapes and dtypes.
         """
-        return self._strategy._all_reduce_structure(ReduceOp.from_any(reduce_op), value)
+        op = ReduceOp.from_any(reduce_op)
+        self._require_current("all_reduce")
+        return self._strategy._all_reduce_structure(op, value)
 
     def merge_call(self, merge_fn, args=(), kwargs=None):
         """Runs `merge_fn(strategy, *args, **kwargs)` in the cross-replica context."""
+        if not callable(merge_fn):
+            raise TypeError(f"Argument `merge_fn` must be callable. Received: {merge_fn!r}")
+        self._require_current("merge_call")
         with _context._entered(self._strategy, None):
             return merge_fn(self._strategy, *args, **(kwargs or {}))
+
+    def _require_current(self, what: str) -> None:
+        current = _context.get_replica_context()
+        if current is self or (
+            current is not None
+            and current.strategy is self._strategy
+            and current.replica_id_in_sync_group == self._replica_id
+        ):
+            return
+        where = "a cross-replica context" if current is None else repr(current)
+        raise RuntimeError(
+            f"`ReplicaContext.{what}` must be called in its own replica context (inside "
+            f"`strategy.run` of {self._strategy!r}), but it was called in {where}."
+        )
 
     def __repr__(self) -> str:
         return (

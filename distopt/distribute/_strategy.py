@@ -12,19 +12,21 @@ from distopt._variable import Variable, _VariableCreationHook
 from distopt.collectives import BucketPlan, allreduce_plan
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
 from distopt.comm import Communicator, LocalCommunicator
-from distopt.distribute import _context, _structure
+from distopt.distribute import _context, _datasets
+from distopt.distribute._collective_methods import CollectiveMethods
 from distopt.distribute._reduce_op import ReduceOp
 from distopt.distribute._replica_context import ReplicaContext
+from distopt.distribute._safety import GRADIENTS, VARIABLE_BROADCAST, CollectiveSafety
 
-_OP_NAMES = {ReduceOp.SUM: "sum", ReduceOp.MEAN: "sum", ReduceOp.MIN: "min", ReduceOp.MAX: "max"}
 
-
-class Strategy:
+class Strategy(CollectiveMethods, _datasets.DatasetMethods):
     """A data-parallel strategy over a communicator: one replica per rank.
 
     `scope()` enters the cross-replica context (variables and optimizers created there are
     bound to the strategy and start from rank 0's values); `run(fn)` calls `fn` in this rank's
-    replica context, where `optimizer.apply_gradients` all-reduces the gradients.
+    replica context, where `optimizer.apply_gradients` all-reduces the gradients. Every
+    collective is guarded (ranks that disagree all raise `CollectiveMismatchError`) and has a
+    deadline of `collective_timeout` seconds (default `$DISTOPT_COLLECTIVE_TIMEOUT` or 600).
     """
 
     _is_default = False
@@ -35,6 +37,7 @@ class Strategy:
         *,
         gradient_reduce_op=ReduceOp.SUM,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        collective_timeout: float | None = None,
     ):
         if not isinstance(communicator, Communicator):
             raise TypeError(
@@ -51,6 +54,7 @@ class Strategy:
             raise ValueError(
                 f"Argument `bucket_bytes` must be a positive int. Received: {bucket_bytes!r}"
             )
+        self._safety = CollectiveSafety(communicator, collective_timeout)
         self._communicator = communicator
         self._gradient_reduce_op = op
         self._bucket_bytes = bucket_bytes
@@ -70,16 +74,33 @@ class Strategy:
     def gradient_reduce_op(self) -> ReduceOp:
         return self._gradient_reduce_op
 
+    @property
+    def collective_timeout(self) -> float:
+        """Seconds any collective may take before the job is aborted (inf: no deadline)."""
+        return self._safety.timeout
+
     def _replica_context(self, replica_id: int) -> ReplicaContext:
         return ReplicaContext(self, replica_id)
 
     # -- contexts ---------------------------------------------------------------------------
-    def _check_not_other(self, what: str) -> None:
+    def _check_not_mixing(self, what: str) -> None:
         current = _context.get_strategy()
         if current is not self and not current._is_default:
-            raise ValueError(
-                f"Cannot {what} of {self!r} inside the scope of another strategy ({current!r}). "
-                "Mixing strategies is not supported: leave the other strategy's scope first."
+            raise RuntimeError(
+                f"Mixing different distopt.distribute.Strategy objects: {current!r} is not "
+                f"{self!r}. `{what}` of one strategy was called inside the scope or `run` of "
+                "another; leave the other strategy's scope first."
+            )
+
+    def _require_cross_replica(self, what: str) -> None:
+        """tf.distribute's rule for scope(), run(), reduce(): not inside our own `run`."""
+        self._check_not_mixing(what)
+        strategy, replica_context = _context.current()
+        if strategy is self and replica_context is not None:
+            raise RuntimeError(
+                f"`{what}` requires the cross-replica context, but it was called inside "
+                f"`run` of {self!r} (a replica context). Call it outside `run`, or from "
+                "`get_replica_context().merge_call(fn)`."
             )
 
     @contextlib.contextmanager
@@ -88,14 +109,10 @@ class Strategy:
 
         Variables and optimizers created inside are bound to this strategy; a variable's
         initial value is broadcast from rank 0, so creating one is collective: create the same
-        variables, in the same order, on all ranks. Inside `run()` of the same strategy this is
-        a no-op (the replica context stays current).
+        variables, in the same order, on all ranks. Re-entering the same scope is allowed;
+        entering it inside `run` or inside another strategy's scope raises RuntimeError.
         """
-        self._check_not_other("enter the scope")
-        strategy, replica_context = _context.current()
-        if strategy is self and replica_context is not None:
-            yield self
-            return
+        self._require_cross_replica("scope()")
         with _VariableCreationHook(self._on_variable_created), _context._entered(self, None):
             yield self
 
@@ -106,9 +123,11 @@ class Strategy:
         """
         if not callable(fn):
             raise TypeError(f"Argument `fn` must be callable. Received: fn={fn!r}")
-        self._check_not_other("call run()")
         if not isinstance(args, (tuple, list)):
             raise TypeError(f"Argument `args` must be a tuple or list. Received: args={args!r}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"Argument `kwargs` must be a dict. Received: kwargs={kwargs!r}")
+        self._require_cross_replica("run()")
         replica_context = self._replica_context(self._communicator.rank)
         with (
             _VariableCreationHook(self._on_variable_created),
@@ -116,71 +135,14 @@ class Strategy:
         ):
             return fn(*args, **(kwargs or {}))
 
+    def experimental_local_results(self, value) -> tuple:
+        """The values of this process's replicas: `(value,)` (one replica per rank)."""
+        return (value,)
+
     # -- variables --------------------------------------------------------------------------
     def _on_variable_created(self, variable: Variable) -> None:
         variable._strategy = self
-        self._broadcast_inplace(variable.value, 0)
-
-    def _broadcast_inplace(self, array: np.ndarray, root: int) -> None:
-        self._communicator.bcast(array, root)
-
-    def broadcast(self, value, root: int = 0) -> np.ndarray:
-        """Returns root's `value` on every rank (a new array; Variables are assigned in place).
-
-        Collective: call on all ranks, in the same order, with the same shape and dtype.
-        """
-        size = self._communicator.size
-        if not isinstance(root, int) or not 0 <= root < size:
-            raise ValueError(f"Argument `root` must be a rank in [0, {size}). Received: {root!r}")
-        if isinstance(value, Variable):
-            self._broadcast_inplace(value.value, root)
-            return value
-        arr = np.array(value, copy=True, order="C")
-        self._broadcast_inplace(arr, root)
-        return arr
-
-    # -- reductions -------------------------------------------------------------------------
-    def _reduce_leaves(self, op: ReduceOp, leaves: Sequence[np.ndarray]) -> list[np.ndarray]:
-        arrays = [np.asarray(x, order="C") for x in leaves]
-        if not arrays:
-            return []
-        plan = BucketPlan([a.shape for a in arrays], [a.dtype for a in arrays], self._bucket_bytes)
-        plan.pack(arrays)
-        allreduce_plan(self._communicator, plan, _OP_NAMES[op])
-        out = [v.copy() for v in plan.views]
-        if op is ReduceOp.MEAN:
-            out = [np.divide(v, self.num_replicas_in_sync) for v in out]
-        return out
-
-    def _all_reduce_structure(self, op: ReduceOp, value):
-        leaves = _structure.flatten(value)
-        for leaf in leaves:
-            if not isinstance(leaf, (np.ndarray, np.generic, int, float, bool, Variable)):
-                raise TypeError(
-                    "all_reduce takes arrays, numbers or nested lists/tuples/dicts of them. "
-                    f"Received a leaf of type {type(leaf).__name__}: {leaf!r}"
-                )
-        arrays = [np.asarray(x) for x in leaves]
-        return _structure.pack_as(value, self._reduce_leaves(op, arrays))
-
-    def reduce(self, reduce_op, value, axis=None):
-        """Reduces this rank's `value` across replicas (and along `axis` first, if given).
-
-        With `axis`, MEAN is the mean over every replica's elements along that axis (a global
-        batch mean). Collective: call on all ranks, in the same order.
-        """
-        op = ReduceOp.from_any(reduce_op)
-        arr = np.asarray(value)
-        if axis is None:
-            return self._reduce_leaves(op, [arr])[0]
-        if op is ReduceOp.MEAN:
-            total, count = self._reduce_leaves(
-                ReduceOp.SUM,
-                [np.sum(arr, axis=axis), np.asarray(arr.shape[axis], dtype=np.int64)],
-            )
-            return total / count
-        local = {ReduceOp.SUM: np.sum, ReduceOp.MIN: np.min, ReduceOp.MAX: np.max}[op]
-        return self._reduce_leaves(op, [local(arr, axis=axis)])[0]
+        self._broadcast_arrays([variable.value], 0, VARIABLE_BROADCAST, [variable.path])
 
     # -- gradients --------------------------------------------------------------------------
     def _plan_for(self, variables: Sequence[Variable]) -> BucketPlan:
@@ -218,8 +180,13 @@ class Strategy:
         Collective: call on all ranks, in the same order, with the same shapes and dtypes.
         """
         plan = self._plan_for(variables)
-        plan.pack(grads)
-        allreduce_plan(self._communicator, plan, "sum")
+        safety = self._safety
+        safety.begin(GRADIENTS, safety.gradient_signature(plan, variables))
+        try:
+            plan.pack(grads)
+            allreduce_plan(self._communicator, plan, "sum")
+        finally:
+            safety.end()
         if self._gradient_reduce_op is ReduceOp.MEAN and self.num_replicas_in_sync > 1:
             for buf in plan.buffers.values():
                 np.divide(buf, self.num_replicas_in_sync, out=buf)
@@ -237,8 +204,17 @@ class _DefaultStrategy(Strategy):
     def __init__(self):
         super().__init__(LocalCommunicator())
 
+    def _require_cross_replica(self, what: str) -> None:
+        current = _context.get_strategy()
+        if current is not self:
+            raise RuntimeError(
+                f"Must not nest distopt.distribute.Strategy scopes: `{what}` of the default "
+                f"strategy was called inside the scope or `run` of {current!r}."
+            )
+
     @contextlib.contextmanager
     def scope(self):
+        self._require_cross_replica("scope()")
         yield self
 
     def _on_variable_created(self, variable: Variable) -> None:

@@ -26,3 +26,12 @@ def pack_as(structure: Any, leaves: list) -> Any:
         return next(it)
 
     return rebuild(structure)
+
+
+def flatten_with_paths(value: Any, path: str = "value") -> list[tuple[str, Any]]:
+    """(path, leaf) pairs in `flatten` order; paths read like `value['w'][0]` (for messages)."""
+    if isinstance(value, dict):
+        return [p for k in sorted(value) for p in flatten_with_paths(value[k], f"{path}[{k!r}]")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, item in enumerate(value) for p in flatten_with_paths(item, f"{path}[{i}]")]
+    return [(path, value)]

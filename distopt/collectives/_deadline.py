@@ -1,0 +1,212 @@
+"""Collective deadlines: a watchdog thread aborts the job when a collective overruns.
+
+Each strategy owns a `Monitor`; `enter(op)` / `leave()` bracket every collective it runs
+(two attribute writes, no communication). One process-wide daemon thread wakes about once
+a second, answers other ranks' census requests on the communicator's side channel, and when
+this rank has been inside one collective longer than its timeout, asks every rank where it
+is, prints which ranks did not arrive, and calls MPI_Abort.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+import weakref
+
+import numpy as np
+
+DEFAULT_TIMEOUT = 600.0
+TIMEOUT_ENV = "DISTOPT_COLLECTIVE_TIMEOUT"
+DEADLINE_EXIT_CODE = 124
+OPERATIONS = (
+    "collective", "gradient aggregation", "reduce", "all_reduce", "broadcast",
+    "variable broadcast", "dataset step agreement",
+)  # fmt: skip
+_STATE, _EXIT = 1, 2
+_MAX_EXIT_NOTICES = 64  # beyond this, exiting ranks stay silent (N^2 messages)
+
+
+def resolve_timeout(value) -> float:
+    """`value`, else `$DISTOPT_COLLECTIVE_TIMEOUT`, else 600 s; `math.inf` disables it."""
+    what = f"collective_timeout={value!r}"
+    if value is None:
+        raw = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_TIMEOUT
+        what = f"{TIMEOUT_ENV}={raw!r}"
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not value > 0:
+        raise ValueError(
+            "The collective timeout must be a number of seconds > 0 (math.inf disables the "
+            f"deadline); set it with MPIStrategy(collective_timeout=...) or {TIMEOUT_ENV}. "
+            f"Received: {what}"
+        )
+    return float(value)
+
+
+def _op_name(code: int) -> str:
+    return OPERATIONS[code] if 0 <= code < len(OPERATIONS) else OPERATIONS[0]
+
+
+class Monitor:
+    """This rank's position in the sequence of a strategy's collectives."""
+
+    def __init__(self, communicator, timeout: float):
+        self.communicator = communicator
+        self.timeout = float(timeout)
+        self.seq = 0  # collectives started
+        self.step = 0  # gradient aggregations started (set by the strategy)
+        self.current: tuple | None = None  # (seq, op, step, start) inside a collective
+        self.last = (0, 0, 0, time.monotonic())  # the last one finished
+        self.exited: dict[int, np.ndarray] = {}
+        self.channel = communicator.side_channel() if communicator.thread_multiple else None
+        self._fired = False
+        if communicator.size > 1:
+            _WATCHDOG.add(self)
+
+    def enter(self, op: int) -> None:
+        self.seq += 1
+        self.current = (self.seq, op, self.step, time.monotonic())
+
+    def leave(self) -> None:
+        cur = self.current
+        if cur is not None:
+            self.current = None
+            self.last = (cur[0], cur[1], cur[2], time.monotonic())
+
+    def state(self, kind: int = _STATE) -> np.ndarray:
+        cur = self.current
+        seq, op, step, since = cur if cur is not None else self.last
+        age_ms = int((time.monotonic() - since) * 1000)
+        return np.array([kind, seq, op, step, cur is not None, age_ms], dtype=np.int64)
+
+    def _tick(self, now: float) -> None:
+        if self.channel is not None:
+            try:
+                for source, msg in self.channel.poll(self.state):
+                    if msg[0] == _EXIT:
+                        self.exited[source] = msg
+            except Exception:  # noqa: BLE001 - MPI finalized or broken: keep the deadline only
+                self.channel = None
+        cur = self.current
+        if cur is not None and not self._fired and now - cur[3] > self.timeout:
+            self._expire(cur)
+
+    def _expire(self, cur: tuple) -> None:
+        self._fired = True
+        replies, notices = {}, []
+        if self.channel is not None:
+            wait = min(3.0, max(0.5, self.timeout))
+            replies, notices = self.channel.census(self.state, wait)
+        for source, msg in notices:
+            if msg[0] == _EXIT:
+                self.exited[source] = msg
+        if self.current is not cur:  # it completed while we asked around: not a stall
+            self._fired = False
+            return
+        sys.stderr.write(deadline_message(self, cur, replies) + "\n")
+        sys.stderr.flush()
+        self.communicator.abort(DEADLINE_EXIT_CODE)
+
+
+def _where(msg) -> str:
+    _, seq, op, step, _, _ = (int(x) for x in msg)
+    if seq == 0:
+        return "before its first distopt collective"
+    return f"collective #{seq} (`{_op_name(op)}`, step {step})"
+
+
+def deadline_message(monitor: Monitor, cur: tuple, replies: dict) -> str:
+    """Which ranks arrived at collective `cur` and where the others are."""
+    seq, op, step, _ = cur
+    comm = monitor.communicator
+    arrived, missing = [comm.rank], []
+    for peer in range(comm.size):
+        if peer == comm.rank:
+            continue
+        msg = replies.get(peer, monitor.exited.get(peer))
+        if msg is not None and int(msg[1]) >= seq:
+            arrived.append(peer)
+        elif msg is None:
+            missing.append(f"rank {peer}: no answer (it crashed, is exiting, or is stuck in "
+                           "code that holds the Python GIL)")  # fmt: skip
+        elif msg[0] == _EXIT:
+            missing.append(f"rank {peer}: finished its script and exited after {_where(msg)}")
+        elif msg[4]:
+            missing.append(f"rank {peer}: waiting in {_where(msg)} for {msg[5] / 1000:.1f} s")
+        else:
+            missing.append(f"rank {peer}: running outside distopt collectives for "
+                           f"{msg[5] / 1000:.1f} s, since {_where(msg)}")  # fmt: skip
+    if monitor.channel is None:
+        missing.append("(the other ranks could not be asked: MPI was initialised without "
+                       "MPI_THREAD_MULTIPLE)")  # fmt: skip
+    lines = [
+        f"distopt: collective deadline exceeded on rank {comm.rank} of {comm.size}: "
+        f"`{_op_name(op)}` at step {step} (collective #{seq}) did not complete within "
+        f"collective_timeout={monitor.timeout:g} s.",
+        f"  arrived: rank{'s' if len(arrived) > 1 else ''} "
+        + ", ".join(str(r) for r in sorted(arrived)),
+        "  did not arrive:",
+        *(f"    {m}" for m in missing),
+        f"Aborting the job (MPI_Abort, exit code {DEADLINE_EXIT_CODE}). Every rank must run the "
+        "same collectives in the same order (a rank that skips `apply_gradients` or leaves its "
+        f"loop early stalls the others). Change the deadline with "
+        f"MPIStrategy(collective_timeout=...) or {TIMEOUT_ENV}.",
+    ]
+    return "\n".join(lines)
+
+
+class _Watchdog:
+    """The one thread that ticks every live monitor."""
+
+    def __init__(self):
+        self._monitors: weakref.WeakSet = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, monitor: Monitor) -> None:
+        with self._lock:
+            self._monitors.add(monitor)
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="distopt-watchdog", daemon=True
+                )
+                self._thread.start()
+                atexit.register(self.shutdown)
+
+    def _snapshot(self) -> list[Monitor]:
+        with self._lock:
+            return list(self._monitors)
+
+    def _run(self) -> None:
+        while True:
+            monitors = self._snapshot()
+            tick = min([1.0] + [max(0.05, m.timeout / 10) for m in monitors])
+            if self._stop.wait(tick):
+                return
+            now = time.monotonic()
+            for m in monitors:
+                m._tick(now)
+
+    def shutdown(self) -> None:
+        """Stops the thread, then tells peers this rank is exiting (runs before MPI_Finalize)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        for m in self._snapshot():
+            if m.channel is not None and 1 < m.communicator.size <= _MAX_EXIT_NOTICES:
+                try:
+                    m.channel.notify_all(m.state(_EXIT))
+                except Exception:  # noqa: BLE001, S110 - exiting anyway; MPI may be finalized
+                    pass
+
+
+_WATCHDOG = _Watchdog()

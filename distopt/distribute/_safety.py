@@ -1,0 +1,71 @@
+"""What a strategy runs around each collective: the cross-rank guard and the deadline.
+
+`begin(op, signature)` marks the collective started for the watchdog, then checks the
+signature with the guard (one small all-reduce; skipped on one rank); `end()` marks it done.
+Callers bracket the payload with `begin` ... `try: ... finally: end()`.
+"""
+
+from __future__ import annotations
+
+from distopt.collectives import _guard
+from distopt.collectives._deadline import OPERATIONS, Monitor, resolve_timeout
+from distopt.collectives._guard import Signature
+
+GRADIENTS = OPERATIONS.index("gradient aggregation")
+REDUCE = OPERATIONS.index("reduce")
+ALL_REDUCE = OPERATIONS.index("all_reduce")
+BROADCAST = OPERATIONS.index("broadcast")
+VARIABLE_BROADCAST = OPERATIONS.index("variable broadcast")
+DATASET = OPERATIONS.index("dataset step agreement")
+_MAX_CACHED = 64
+
+
+class CollectiveSafety:
+    """The guard and deadline of one strategy's communicator."""
+
+    def __init__(self, communicator, collective_timeout=None):
+        self.timeout = resolve_timeout(collective_timeout)
+        self.communicator = communicator
+        self.active = communicator.size > 1
+        self.monitor = Monitor(communicator, self.timeout)
+        self._gradient_signatures: dict[int, tuple[object, Signature]] = {}
+
+    @property
+    def step(self) -> int:
+        """Gradient aggregations started so far (the training step the messages name)."""
+        return self.monitor.step
+
+    def begin(self, op: int, signature: Signature | None = None) -> None:
+        """Starts a collective: deadline bookkeeping, then the guard (raises on mismatch).
+
+        Collective: call on all ranks, in the same order.
+        """
+        monitor = self.monitor
+        if op == GRADIENTS:
+            monitor.step += 1
+        monitor.enter(op)
+        if not self.active or signature is None:
+            return
+        try:
+            _guard.check(self.communicator, signature, monitor.seq, monitor.step)
+        except BaseException:
+            monitor.leave()
+            if op == GRADIENTS:
+                monitor.step -= 1
+            raise
+
+    def end(self) -> None:
+        self.monitor.leave()
+
+    def gradient_signature(self, plan, variables) -> Signature | None:
+        """The signature of aggregating `variables` with `plan`, computed once per plan."""
+        if not self.active:
+            return None
+        cached = self._gradient_signatures.get(id(plan))
+        if cached is not None and cached[0] is plan:
+            return cached[1]
+        sig = Signature(GRADIENTS, "", [(v.path, v.shape, v.dtype.name) for v in variables])
+        if len(self._gradient_signatures) >= _MAX_CACHED:
+            self._gradient_signatures.clear()
+        self._gradient_signatures[id(plan)] = (plan, sig)
+        return sig
