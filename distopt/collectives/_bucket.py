@@ -9,6 +9,15 @@ import numpy as np
 DEFAULT_BUCKET_BYTES = 25 << 20
 
 
+def dtype_totals(shapes, dtypes) -> dict[np.dtype, int]:
+    """Elements per dtype, dtypes in order of first appearance (a plan's buffer sizes)."""
+    totals: dict[np.dtype, int] = {}
+    for shape, dt in zip(shapes, dtypes):
+        dt = np.dtype(dt)
+        totals[dt] = totals.get(dt, 0) + int(np.prod(shape, dtype=np.int64))
+    return totals
+
+
 def _data_pointer(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
@@ -27,7 +36,10 @@ class BucketPlan:
         shapes: Sequence[tuple[int, ...]],
         dtypes: Sequence[np.dtype],
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        buffers: dict | None = None,
     ):
+        """`buffers` (dtype -> 1-D array of the dtype's total size) places the plan in memory
+        allocated elsewhere, e.g. an MPI shared-memory window; by default it is zeroed numpy."""
         if len(shapes) != len(dtypes):
             raise ValueError(f"{len(shapes)} shapes but {len(dtypes)} dtypes were given")
         if bucket_bytes <= 0:
@@ -41,9 +53,12 @@ class BucketPlan:
         for size, dt in zip(sizes, self.dtypes):
             self.offsets.append(totals.get(dt, 0))
             totals[dt] = totals.get(dt, 0) + size
-        self.buffers: dict[np.dtype, np.ndarray] = {
-            dt: np.zeros(n, dtype=dt) for dt, n in totals.items()
-        }
+        if buffers is None:
+            buffers = {dt: np.zeros(n, dtype=dt) for dt, n in totals.items()}
+        self.buffers: dict[np.dtype, np.ndarray] = {dt: buffers[dt] for dt in totals}
+        for dt, n in totals.items():
+            if buffers[dt].shape != (n,) or buffers[dt].dtype != dt:
+                raise ValueError(f"buffer for {dt} must be 1-D {dt} of size {n}")
         self.views: list[np.ndarray] = [
             self.buffers[dt][off : off + size].reshape(shape)
             for off, size, dt, shape in zip(self.offsets, sizes, self.dtypes, self.shapes)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from distopt.collectives import _timeline
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
+from distopt.collectives._reducers import make_reducer
 from distopt.comm import MPICommunicator
 from distopt.distribute._abort import install_excepthook
 from distopt.distribute._reduce_op import ReduceOp
@@ -23,6 +25,12 @@ class MPIStrategy(Strategy):
     message naming the operation, the step and the ranks that did not arrive; and an
     unhandled exception on any rank aborts the job (a `sys.excepthook` installed here), also
     under a plain `mpiexec python script.py`.
+
+    `shared_memory` ("auto", True, False): ranks of one node sum gradients through an MPI-3
+    shared-memory window and only node leaders talk across nodes ("auto": when some node
+    holds several ranks; env DISTOPT_SHARED_MEMORY=0/1). Gradient buckets then live in the
+    window, so `gradient_buffers(var_list)` is collective too: call it on all ranks, in the
+    same order.
     """
 
     def __init__(
@@ -32,12 +40,20 @@ class MPIStrategy(Strategy):
         gradient_reduce_op=ReduceOp.SUM,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         collective_timeout: float | None = None,
+        shared_memory="auto",
     ):
+        if shared_memory not in (True, False, "auto"):
+            raise ValueError(
+                "Argument `shared_memory` must be True, False or 'auto'. "
+                f"Received: shared_memory={shared_memory!r}"
+            )
         super().__init__(
             MPICommunicator(comm),
             gradient_reduce_op=gradient_reduce_op,
             bucket_bytes=bucket_bytes,
             collective_timeout=collective_timeout,
         )
+        self._gradient_reducer = make_reducer(self._communicator, shared_memory)
+        _timeline.bind(self._communicator)
         if self.num_replicas_in_sync > 1:
             install_excepthook()

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from distopt._variable import Variable, _VariableCreationHook
-from distopt.collectives import BucketPlan, allreduce_plan
+from distopt.collectives import BucketPlan
+from distopt.collectives import _timeline
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
+from distopt.collectives._reducers import PieceReducer
 from distopt.comm import Communicator, LocalCommunicator
 from distopt.distribute import _context, _datasets
 from distopt.distribute._collective_methods import CollectiveMethods
@@ -152,7 +154,7 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         with self._plans_lock:
             plan = self._plans.get(key)
             if plan is None or not plan.matches(shapes, dtypes):
-                plan = BucketPlan(shapes, dtypes, self._bucket_bytes)
+                plan = self._reducer.make_plan(shapes, dtypes, self._bucket_bytes)
                 self._plans[key] = plan
         return plan
 
@@ -183,14 +185,19 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         safety = self._safety
         safety.begin(GRADIENTS, safety.gradient_signature(plan, variables))
         try:
-            plan.pack(grads)
-            allreduce_plan(self._communicator, plan, "sum")
+            with _timeline.span("pack"):
+                plan.pack(grads)
+            return self._reducer.allreduce(plan, self._gradient_reduce_op is ReduceOp.MEAN)
         finally:
             safety.end()
-        if self._gradient_reduce_op is ReduceOp.MEAN and self.num_replicas_in_sync > 1:
-            for buf in plan.buffers.values():
-                np.divide(buf, self.num_replicas_in_sync, out=buf)
-        return list(plan.views)
+
+    @property
+    def _reducer(self):
+        """Allocates gradient buckets and all-reduces them (collectives/_reducers.py)."""
+        reducer = self.__dict__.get("_gradient_reducer")
+        if reducer is None:
+            reducer = self.__dict__["_gradient_reducer"] = PieceReducer(self._communicator)
+        return reducer
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_replicas_in_sync={self.num_replicas_in_sync})"

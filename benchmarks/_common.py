@@ -1,0 +1,93 @@
+"""Timing and table helpers shared by the benchmark scripts (not part of the package)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this checkout's distopt, whatever else is installed
+
+RESNET50 = ROOT / "tests" / "data" / "resnet50_grad_sizes.json"
+
+
+def resnet50_sizes(total: int | None = None) -> list[int]:
+    """The 161 ResNet-50 gradient sizes, optionally scaled to about `total` elements."""
+    sizes = json.loads(RESNET50.read_text())["sizes"]
+    if total is None:
+        return sizes
+    scale = total / sum(sizes)
+    return [max(1, round(s * scale)) for s in sizes]
+
+
+def world():
+    """(comm, rank, size), or (None, 0, 1) when mpi4py is not wanted (a plain `python` run)."""
+    if "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ or "PMI_RANK" in os.environ:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        return comm, comm.Get_rank(), comm.Get_size()
+    return None, 0, 1
+
+
+def median_ms(fn, repeats: int, warmup: int = 2, comm=None) -> float:
+    """Median wall time of `fn()` in ms. Under MPI every repeat starts after a barrier and
+    counts the slowest rank (a collective is as slow as its last rank)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if comm is not None:
+            comm.Barrier()
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        if comm is not None:
+            dt = comm.allreduce(dt, op=_max())
+        times.append(dt)
+    return float(np.median(times)) * 1e3
+
+
+def _max():
+    from mpi4py import MPI
+
+    return MPI.MAX
+
+
+class Table:
+    """Rows of (name, ms, ratio-to-a-baseline, note), printed as a markdown table."""
+
+    def __init__(self, title: str, baseline_label: str):
+        self.title, self.baseline_label, self.rows = title, baseline_label, []
+
+    def add(self, name: str, ms: float, baseline_ms: float | None = None, note: str = "") -> None:
+        self.rows.append((name, ms, None if baseline_ms is None else ms / baseline_ms, note))
+
+    def render(self) -> str:
+        out = [f"\n### {self.title}\n", f"| work | median ms | / {self.baseline_label} | note |",
+               "|---|---:|---:|---|"]  # fmt: skip
+        for name, ms, ratio, note in self.rows:
+            r = "" if ratio is None else f"{ratio:.2f}x"
+            out.append(f"| {name} | {ms:.2f} | {r} | {note} |")
+        return "\n".join(out)
+
+
+def emit(tables: list[Table], header: str) -> None:
+    print(f"## {header}")
+    for t in tables:
+        print(t.render())
+    sys.stdout.flush()
+
+
+def have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
