@@ -9,7 +9,7 @@ import numpy as np
 from distopt import _naming
 from distopt._variable import Variable, _VariableCreationHook
 from distopt.distribute import _context
-from distopt.optimizers import _engine, _transforms
+from distopt.optimizers import _engine, _state, _transforms
 from distopt.optimizers._validation import check_gradients, unzip_pairs
 from distopt.optimizers.schedules import LearningRateSchedule
 
@@ -28,7 +28,7 @@ def _internal_variable(value, name, path, dtype) -> Variable:
     return var
 
 
-class Optimizer(_transforms.TransformsMixin):
+class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
     """Base class of every optimizer (Keras 3's `keras.optimizers.Optimizer`).
 
     Subclasses call `super().__init__(learning_rate, ...)`, create slots in `build()` with
@@ -54,6 +54,7 @@ class Optimizer(_transforms.TransformsMixin):
         name=None,
         **kwargs,
     ):
+        object.__setattr__(self, "_base_initialized", True)
         decay = kwargs.pop("decay", None)
         if decay is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.")
@@ -74,7 +75,8 @@ class Optimizer(_transforms.TransformsMixin):
         self.ema_momentum = ema_momentum
         self.ema_overwrite_frequency = ema_overwrite_frequency
         self.loss_scale_factor = loss_scale_factor
-        self.gradient_accumulation_steps = gradient_accumulation_steps
+        gas = gradient_accumulation_steps
+        self.gradient_accumulation_steps = int(gas) if gas else gas
         self.built = False
         self._variables: list[Variable] = []
         self._trainable_variables: list[Variable] = []
@@ -88,6 +90,15 @@ class Optimizer(_transforms.TransformsMixin):
         self._iterations = self._track(_internal_variable(0, "iteration", f"{self.name}/iteration", "int32"))
         self._learning_rate = self._make_learning_rate(learning_rate)
 
+    def __setattr__(self, name, value):
+        # Keras's guard: state set before the base constructor would be silently lost.
+        if "_base_initialized" not in self.__dict__:
+            raise RuntimeError(
+                f"In optimizer '{type(self).__name__}', you forgot to call `super().__init__()` "
+                "as the first statement in the `__init__()` method. Go add it!"
+            )
+        object.__setattr__(self, name, value)
+
     # -- learning rate ------------------------------------------------------------------------
     def _make_learning_rate(self, learning_rate):
         if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
@@ -98,6 +109,10 @@ class Optimizer(_transforms.TransformsMixin):
                 "LearningRateSchedule, or a callable (that takes in the current iteration value "
                 "and returns the corresponding learning rate value). "
                 f"Received instead: learning_rate={learning_rate}"
+            )
+        if not np.isfinite(learning_rate):
+            raise ValueError(
+                f"Argument `learning_rate` must be finite. Received: learning_rate={learning_rate}"
             )
         path = f"{self.name}/learning_rate"
         return self._track(_internal_variable(learning_rate, "learning_rate", path, "float32"))

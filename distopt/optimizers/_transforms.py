@@ -10,6 +10,8 @@ import re
 
 import numpy as np
 
+from distopt.optimizers._validation import check_number
+
 
 def _is_number(x) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
@@ -22,22 +24,27 @@ class TransformsMixin:
         weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
         ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps,
     ):  # fmt: skip
+        """Validates the base options (Keras's texts where Keras has one); nothing is stored."""
         for arg, value in [
             ("weight_decay", weight_decay),
             ("clipnorm", clipnorm),
             ("clipvalue", clipvalue),
             ("global_clipnorm", global_clipnorm),
-            ("loss_scale_factor", loss_scale_factor),
         ]:
-            if value is not None and not _is_number(value):
-                raise ValueError(f"Argument `{arg}` must be a float. Received: {arg}={value!r}")
+            check_number(arg, value, low=0, allow_none=True)
+        check_number("loss_scale_factor", loss_scale_factor, low=0, low_open=True, allow_none=True)
         if gradient_accumulation_steps and not (
-            _is_number(gradient_accumulation_steps) and gradient_accumulation_steps >= 2
+            _is_number(gradient_accumulation_steps)
+            and np.isfinite(gradient_accumulation_steps)
+            and gradient_accumulation_steps >= 2
+            and gradient_accumulation_steps == int(gradient_accumulation_steps)
         ):
             raise ValueError(
                 "`gradient_accumulation_steps` must be an integer >= 2. "
                 f"Received: gradient_accumulation_steps={gradient_accumulation_steps}"
             )
+        if not isinstance(use_ema, (bool, np.bool_)):
+            raise ValueError(f"Argument `use_ema` must be a bool. Received: use_ema={use_ema!r}")
         if use_ema:
             if not _is_number(ema_momentum) or not 0 <= ema_momentum <= 1:
                 raise ValueError(
@@ -90,13 +97,26 @@ class TransformsMixin:
 
     # -- weight decay -------------------------------------------------------------------------
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
-        """Exempts variables (by object, or by `re.search` on their names) from weight decay."""
-        self._exclude_ids = {id(v) for v in (var_list or [])}
+        """Exempts variables (by object, or by `re.search` on their names) from weight decay.
+
+        Each call replaces the previous exclusions, as in Keras.
+        """
+        var_list = list(var_list or [])
         names = list(var_names or [])
         for n in names:
             if not isinstance(n, str):
-                raise TypeError(f"`var_names` must be strings. Received: {n!r}")
-        self._exclude_pattern = re.compile("|".join(names)) if names else None
+                raise TypeError(
+                    "Argument `var_names` must be a list of strings (regular expressions "
+                    f"searched in variable names). Received an item {n!r}"
+                )
+        try:
+            pattern = re.compile("|".join(names)) if names else None
+        except re.error as e:
+            raise ValueError(
+                f"Argument `var_names` must hold valid regular expressions. Received: {names!r} ({e})"
+            ) from e
+        self._exclude_ids = {id(v) for v in var_list}
+        self._exclude_pattern = pattern
 
     def _use_weight_decay(self, variable) -> bool:
         if id(variable) in self._exclude_ids:
@@ -132,25 +152,36 @@ class TransformsMixin:
             acc.value[...] = 0
 
     def _apply_overwrite(self, pairs, strategy):
-        """`overwrite_with_gradient` variables take their gradient (max-accumulated)."""
+        """`overwrite_with_gradient` variables take their gradient (max-accumulated).
+
+        Under a strategy the value assigned is the MAX over ranks, reduced only when a variable
+        is assigned (every call, or every N-th call under accumulation): max is exact and
+        associative, so accumulating locally first gives the same bits.
+        """
         if not pairs:
             return
         grads = [np.asarray(g, dtype=v.dtype) for g, v in pairs]
+        variables = [v for _, v in pairs]
+        n = self.gradient_accumulation_steps
+        accs = None
+        if n:
+            accs = [
+                self._accumulated_gradients[self._trainable_variables_indices[id(v)]].value
+                for v in variables
+            ]
+            if (self._iteration_count() + 1) % n != 0:
+                for acc, g in zip(accs, grads):
+                    np.maximum(acc, g, out=acc)
+                return
+            grads = [np.maximum(g, acc) for g, acc in zip(grads, accs)]
         if strategy is not None and strategy.num_replicas_in_sync > 1:
             from distopt.distribute import ReduceOp
 
             grads = strategy._reduce_leaves(ReduceOp.MAX, grads)
-        n = self.gradient_accumulation_steps
-        for g, (_, v) in zip(grads, pairs):
-            if not n:
-                v.assign(g)
-                continue
-            acc = self._accumulated_gradients[self._trainable_variables_indices[id(v)]]
-            if (self._iteration_count() + 1) % n == 0:
-                v.assign(np.maximum(g, acc.value))
-                acc.value[...] = 0
-            else:
-                np.maximum(acc.value, g, out=acc.value)
+        for g, v in zip(grads, variables):
+            v.assign(g)
+        for acc in accs or ():
+            acc[...] = 0
 
     # -- EMA and constraints ------------------------------------------------------------------
     def _update_moving_averages(self):

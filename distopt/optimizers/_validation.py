@@ -94,3 +94,47 @@ def check_gradients(grads: list, variables: list[Variable], known: dict | None) 
             )
         out.append(None if g is None else as_gradient(g, v))
     return out
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def check_number(
+    name: str,
+    value,
+    *,
+    low=None,
+    high=None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    allow_none: bool = False,
+):
+    """Returns `value` if it is a finite real number in the given range, else a ValueError.
+
+    The message follows Keras: "Argument `beta_1` must be a float in [0, 1). Received:
+    beta_1=1.5". `integer=True` also requires an integral value (returned as an int).
+    """
+    if value is None and allow_none:
+        return None
+    ok = _is_real(value) and bool(np.isfinite(value))
+    if ok and integer:
+        ok = float(value) == int(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if ok:
+        return int(value) if integer else value
+    kind = "an integer" if integer else "a float"
+    if low is not None and high is not None:
+        where = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        where = f" {'>' if low_open else '>='} {low}"
+    elif high is not None:
+        where = f" {'<' if high_open else '<='} {high}"
+    else:
+        where = " (finite)"
+    none = " or None" if allow_none else ""
+    raise ValueError(f"Argument `{name}` must be {kind}{where}{none}. Received: {name}={value!r}")

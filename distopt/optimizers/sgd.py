@@ -26,7 +26,7 @@ class SGD(Optimizer):
     (Nesterov: `w += momentum*m - lr*g`)."""
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
-        if not isinstance(momentum, float) or momentum < 0 or momentum > 1:
+        if not isinstance(momentum, float) or not 0 <= momentum <= 1:
             raise ValueError("`momentum` must be a float between [0, 1].")
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.momentum = momentum
