@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 
 def check_float(name: str, value, low=None, high=None, low_open=False) -> None:
-    """A real number (not a bool) within [low, high] (or (low, high] with `low_open`)."""
+    """A finite real number (not a bool) within [low, high] (or (low, high] with `low_open`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"Argument `{name}` must be a float. Received: {name}={value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"Argument `{name}` must be a finite float. Received: {name}={value!r}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and value > high
     if too_low or too_high:

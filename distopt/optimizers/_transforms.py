@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from distopt.optimizers._validation import check_number
+from distopt.optimizers._hyperparameters import check_float
 
 
 def _is_number(x) -> bool:
@@ -31,8 +31,10 @@ class TransformsMixin:
             ("clipvalue", clipvalue),
             ("global_clipnorm", global_clipnorm),
         ]:
-            check_number(arg, value, low=0, allow_none=True)
-        check_number("loss_scale_factor", loss_scale_factor, low=0, low_open=True, allow_none=True)
+            if value is not None:
+                check_float(arg, value, 0)
+        if loss_scale_factor is not None:
+            check_float("loss_scale_factor", loss_scale_factor, 0, low_open=True)
         if gradient_accumulation_steps and not (
             _is_number(gradient_accumulation_steps)
             and np.isfinite(gradient_accumulation_steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer, _internal_variable
+from distopt.optimizers._hyperparameters import check_float
 
 
 def _rms(x: np.ndarray):
@@ -31,6 +32,10 @@ class Adafactor(Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, **kwargs)
+        check_float("beta_2_decay", beta_2_decay)
+        check_float("epsilon_1", epsilon_1, 0)
+        check_float("epsilon_2", epsilon_2, 0)
+        check_float("clip_threshold", clip_threshold, 0, low_open=True)
         self.beta_2_decay = beta_2_decay
         self.epsilon_1 = epsilon_1
         self.epsilon_2 = epsilon_2

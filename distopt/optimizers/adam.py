@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._validation import check_number
+from distopt.optimizers._hyperparameters import check_float
 
 
 def _adam_kernel(w, g, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
@@ -37,9 +37,9 @@ class Adam(Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        check_number("beta_1", beta_1, low=0, high=1, high_open=True)
-        check_number("beta_2", beta_2, low=0, high=1, high_open=True)
-        check_number("epsilon", epsilon, low=0)
+        check_float("beta_1", beta_1, 0, 1)
+        check_float("beta_2", beta_2, 0, 1)
+        check_float("epsilon", epsilon, 0)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon

@@ -9,6 +9,7 @@ import numpy as np
 
 from distopt._variable import Variable
 from distopt.optimizers._base import Optimizer
+from distopt.optimizers._hyperparameters import check_float
 
 
 class Muon(Optimizer):
@@ -49,6 +50,17 @@ class Muon(Optimizer):
             raise ValueError(
                 f"Argument `ns_steps` must be an integer >= 0. Received: ns_steps={ns_steps!r}"
             )
+        if adam_weight_decay is not None:
+            check_float("adam_weight_decay", adam_weight_decay, 0)
+        check_float("adam_beta_1", adam_beta_1, 0, 1)
+        check_float("adam_beta_2", adam_beta_2, 0, 1)
+        check_float("epsilon", epsilon, 0)
+        for name, value in (("muon_a", muon_a), ("muon_b", muon_b), ("muon_c", muon_c)):
+            check_float(name, value)
+        check_float("adam_lr_ratio", adam_lr_ratio, 0)
+        check_float("momentum", momentum, 0, 1)
+        if rms_rate is not None:
+            check_float("rms_rate", rms_rate, 0)
         layers = _check_patterns(exclude_layers)
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
         self.adam_beta_1 = adam_beta_1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer
+from distopt.optimizers._hyperparameters import check_float
 
 
 class ScheduleFreeAdamW(Optimizer):
@@ -25,6 +26,14 @@ class ScheduleFreeAdamW(Optimizer):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, **kwargs)
+        check_float("beta_1", beta_1, 0, 1)
+        check_float("beta_2", beta_2, 0, 1)
+        check_float("epsilon", epsilon, 0)
+        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+            raise ValueError(
+                "Argument `warmup_steps` must be an integer >= 0. "
+                f"Received: warmup_steps={warmup_steps!r}"
+            )
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
