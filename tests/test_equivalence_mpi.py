@@ -142,11 +142,12 @@ def run_single(entry, option, size, dtype="float64", bad_call=None):
 
 
 def state(variables, opt) -> list[tuple[str, np.ndarray]]:
+    """(name, value) of every model and optimizer variable; names without the optimizer's
+    own name (variables outside its name scope, e.g. Nadam's u_product, by position)."""
     out = [(f"model:{v.name}", v.numpy()) for v in variables]
-    out += [
-        (f"opt[{i}]:{v.path.split('/', 1)[-1]}", np.asarray(v.value).copy())
-        for i, v in enumerate(opt.variables)
-    ]
+    for i, v in enumerate(opt.variables):
+        name = f"opt[{i}]:{v.path.split('/', 1)[1]}" if "/" in v.path else f"opt[{i}]"
+        out.append((name, np.asarray(v.value).copy()))
     return out
 
 
