@@ -66,10 +66,11 @@ def test_exception_on_one_rank_ends_the_job(tmp_path):
     )
     start = time.monotonic()
     out = run_distoptrun(3, str(script), timeout=60)
-    assert out.returncode != 0
-    assert "ValueError: boom on rank one" in out.stderr
-    assert "unhandled exception on rank 1" in out.stderr
-    assert time.monotonic() - start < 30
+    report = f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    assert out.returncode != 0, report
+    assert "ValueError: boom on rank one" in out.stderr, report
+    assert "unhandled exception on rank 1" in out.stderr, report
+    assert time.monotonic() - start < 30, report
 
 
 def test_nonzero_sys_exit_on_one_rank_ends_the_job():
