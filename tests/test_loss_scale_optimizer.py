@@ -184,6 +184,21 @@ def test_overwrite_variables_are_not_unscaled_and_none_gradients_are_dropped():
     np.testing.assert_array_equal(unused.value, [5.0])
 
 
+def test_stateless_apply_skips_or_updates_without_touching_state():
+    v = distopt.Variable([1.0, 2.0], dtype="float64")
+    opt = LossScaleOptimizer(SGD(learning_rate=0.5), initial_scale=4.0)
+    opt.build([v])
+    before = _state(opt, [v])
+    values = [x.numpy() for x in opt.variables]
+    new_vars, new_opt = opt.stateless_apply(values, [np.array([4.0, 8.0])], [v.numpy()])
+    np.testing.assert_allclose(new_vars[0], [0.5, 1.0], rtol=1e-12)
+    assert float(new_opt[3]) == 4.0 and int(new_opt[2]) == 1 and int(new_opt[4]) == 1
+    new_vars, new_opt = opt.stateless_apply(values, [np.array([np.inf, 8.0])], [v.numpy()])
+    np.testing.assert_array_equal(new_vars[0], [1.0, 2.0])
+    assert float(new_opt[3]) == 2.0 and int(new_opt[2]) == 0 and int(new_opt[4]) == 0
+    _assert_state(opt, [v], before)
+
+
 # -- errors ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "kwargs, text",

@@ -415,6 +415,36 @@ def test_muon_rejects_bad_arguments_without_using_a_name(kwargs, text):
     assert Muon().name == "muon"  # the failed constructions consumed no automatic name
 
 
+@pytest.mark.parametrize(
+    "cls, kwargs, text",
+    [
+        (Adafactor, {"clip_threshold": 0.0}, "Argument `clip_threshold` must be a float > 0."),
+        (Adafactor, {"epsilon_1": float("nan")}, "Argument `epsilon_1` must be a finite float."),
+        (
+            Lamb,
+            {"beta_1": 1.5},
+            "Argument `beta_1` must be a float in [0, 1]. Received: beta_1=1.5",
+        ),
+        (
+            ScheduleFreeAdamW,
+            {"warmup_steps": -1},
+            "Argument `warmup_steps` must be an integer >= 0.",
+        ),
+        (
+            Muon,
+            {"momentum": "0.9"},
+            "Argument `momentum` must be a float. Received: momentum='0.9'",
+        ),
+    ],
+)
+def test_bad_hyperparameters_raise_before_anything_is_created(cls, kwargs, text):
+    with pytest.raises(ValueError) as e:
+        cls(**kwargs)
+    assert text in str(e.value)
+    first = {Adafactor: "adafactor", Lamb: "lamb", Muon: "muon"}.get(cls, "schedule_free_adam_w")
+    assert cls().name == first  # the failed construction used no automatic name
+
+
 @pytest.mark.parametrize("cls", [Adafactor, Lamb, Muon, ScheduleFreeAdamW])
 def test_a_raising_call_changes_nothing(cls):
     variables = _variables([np.ones((2, 2)), np.ones(3)])

@@ -31,11 +31,11 @@ class Adafactor(Optimizer):
         relative_step=True,
         **kwargs,
     ):
-        super().__init__(learning_rate=learning_rate, **kwargs)
         check_float("beta_2_decay", beta_2_decay)
         check_float("epsilon_1", epsilon_1, 0)
         check_float("epsilon_2", epsilon_2, 0)
         check_float("clip_threshold", clip_threshold, 0, low_open=True)
+        super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_2_decay = beta_2_decay
         self.epsilon_1 = epsilon_1
         self.epsilon_2 = epsilon_2

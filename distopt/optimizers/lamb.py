@@ -17,10 +17,10 @@ class Lamb(Optimizer):
     """
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
         check_float("beta_1", beta_1, 0, 1)
         check_float("beta_2", beta_2, 0, 1)
         check_float("epsilon", epsilon, 0)
+        super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon

@@ -25,7 +25,6 @@ class ScheduleFreeAdamW(Optimizer):
         warmup_steps=0,
         **kwargs,
     ):
-        super().__init__(learning_rate=learning_rate, **kwargs)
         check_float("beta_1", beta_1, 0, 1)
         check_float("beta_2", beta_2, 0, 1)
         check_float("epsilon", epsilon, 0)
@@ -34,6 +33,7 @@ class ScheduleFreeAdamW(Optimizer):
                 "Argument `warmup_steps` must be an integer >= 0. "
                 f"Received: warmup_steps={warmup_steps!r}"
             )
+        super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
