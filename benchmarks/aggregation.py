@@ -24,24 +24,32 @@ def _fill(arrays, rank):
         a[...] = 1e-3 * (rank + 1)
 
 
-def buffers(comm, dcomm, rank, size, mb: int, repeats: int) -> Table:
+def _floor(n, repeats, comm):
+    a, b = np.ones(n, F4), np.full(n, 1e-9, F4)
+    return median_ms(lambda: np.add(a, b, out=a), repeats, comm=comm)
+
+
+def _mpi_paths(dcomm, n, repeats, comm):
     from mpi4py import MPI
 
-    from distopt.collectives import _reducers
     from distopt.collectives._reduce import allreduce_flat
+
+    buf = np.full(n, 1e-3, F4)
+    raw = median_ms(lambda: comm.Allreduce(MPI.IN_PLACE, buf), repeats, comm=comm)
+    sliced = median_ms(lambda: allreduce_flat(dcomm, buf, "sum"), repeats, comm=comm)
+    return raw, sliced
+
+
+def buffers(comm, dcomm, rank, size, mb: int, repeats: int) -> Table:
+    from distopt.collectives import _reducers
 
     n = (mb << 20) // F4.itemsize
     table = Table(f"{mb} MB float32 buffer, {size} ranks", "memory floor")
-    a, b = np.ones(n, F4), np.full(n, 1e-9, F4)
-    floor = median_ms(lambda: np.add(a, b, out=a), repeats, comm=comm)
+    floor = _floor(n, repeats, comm)
     table.add("memory floor: `a += b`, every rank at once", floor, floor)
-    del a, b
-    buf = np.full(n, 1e-3, F4)
-    raw = median_ms(lambda: comm.Allreduce(MPI.IN_PLACE, buf), repeats, comm=comm)
+    raw, sliced = _mpi_paths(dcomm, n, repeats, comm)
     table.add("raw `Allreduce`, one buffer", raw, floor)
-    sliced = median_ms(lambda: allreduce_flat(dcomm, buf, "sum"), repeats, comm=comm)
     table.add("distopt sliced `Allreduce` (2 MB pieces)", sliced, floor, f"{raw / sliced:.1f}x raw")
-    del buf
     shm = _reducers.make_reducer(dcomm, shared_memory=True)
     plan = shm.make_plan([(n,)], [F4], bucket_bytes=n * 4)
     _fill(plan.views, rank)
@@ -78,7 +86,9 @@ def resnet(comm, dcomm, rank, size, repeats: int, torch_too: bool) -> Table:
         for g, piece in zip(grads, np.split(flat, np.cumsum(sizes)[:-1])):
             g[...] = piece
 
-    table.add("naive fusion: pack, one `Allreduce`, unpack", median_ms(naive, repeats, comm=comm), base)
+    table.add(
+        "naive fusion: pack, one `Allreduce`, unpack", median_ms(naive, repeats, comm=comm), base
+    )
     for label, shared in (("sliced", False), ("shared memory", True)):
         reducer = _reducers.make_reducer(dcomm, shared_memory=shared)
         plan = reducer.make_plan(shapes, [F4] * len(sizes), 25 << 20)
@@ -90,7 +100,11 @@ def resnet(comm, dcomm, rank, size, repeats: int, torch_too: bool) -> Table:
             p.pack(grads)
             r.allreduce(p, False)
 
-        table.add(f"distopt {label}, packed from separate arrays", median_ms(packed, repeats, comm=comm), base)
+        table.add(
+            f"distopt {label}, packed from separate arrays",
+            median_ms(packed, repeats, comm=comm),
+            base,
+        )
         reducer.close()
     if torch_too:
         for name, t in gloo(comm, rank, size, sizes, max(3, repeats // 3)):
@@ -109,7 +123,9 @@ def gloo(comm, rank, size, sizes, repeats):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     port = comm.bcast(port, root=0)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size
+    )
     tensors = [torch.full((s,), 1e-3) for s in sizes]
     flat = torch.full((sum(sizes),), 1e-3)
 
@@ -117,7 +133,12 @@ def gloo(comm, rank, size, sizes, repeats):
         for t in tensors:
             dist.all_reduce(t)
 
-    out = [("torch gloo, one fused tensor", median_ms(lambda: dist.all_reduce(flat), repeats, comm=comm))]
+    out = [
+        (
+            "torch gloo, one fused tensor",
+            median_ms(lambda: dist.all_reduce(flat), repeats, comm=comm),
+        )
+    ]
     out.append(("torch gloo, per tensor", median_ms(per_tensor, repeats, 1, comm=comm)))
     dist.destroy_process_group()
     return out
@@ -131,11 +152,15 @@ def main():
     args = parser.parse_args()
     comm, rank, size = world()
     if comm is None or size < 2:
-        raise SystemExit("run under MPI with >= 2 ranks: mpiexec -n 2 python benchmarks/aggregation.py")
+        raise SystemExit(
+            "run under MPI with >= 2 ranks: mpiexec -n 2 python benchmarks/aggregation.py"
+        )
     from distopt.comm import MPICommunicator
 
     dcomm = MPICommunicator(comm)
-    tables = [buffers(comm, dcomm, rank, size, int(mb), args.repeats) for mb in args.sizes_mb.split(",")]
+    tables = [
+        buffers(comm, dcomm, rank, size, int(mb), args.repeats) for mb in args.sizes_mb.split(",")
+    ]
     tables.append(resnet(comm, dcomm, rank, size, args.repeats, have_torch() and not args.no_torch))
     if rank == 0:
         emit(tables, f"Aggregation, {size} ranks (medians; slowest rank per repeat)")

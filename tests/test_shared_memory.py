@@ -116,7 +116,7 @@ def test_shared_memory_and_mpi_paths_agree(comm_world, op):
             opt = distopt.optimizers.Adam(learning_rate=0.1)
         for step in range(3):
             grads = [np.full(v.shape, (rank + 1) * (step + 1), v.dtype) for v in variables]
-            strategy.run(lambda g=grads: opt.apply_gradients(zip(g, variables)))
+            strategy.run(lambda g=grads, o=opt, vs=variables: o.apply_gradients(zip(g, vs)))
         results.append([v.numpy() for v in variables])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from distopt.collectives import _timeline
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
 from distopt.collectives._reducers import make_reducer
+from distopt.collectives._sharding import Sharding
 from distopt.comm import MPICommunicator
 from distopt.distribute._abort import install_excepthook
 from distopt.distribute._reduce_op import ReduceOp
@@ -31,6 +32,12 @@ class MPIStrategy(Strategy):
     holds several ranks; env DISTOPT_SHARED_MEMORY=0/1). Gradient buckets then live in the
     window, so `gradient_buffers(var_list)` is collective too: call it on all ranks, in the
     same order.
+
+    `shard_optimizer_state=True` (ZeRO-1): each rank keeps the state of an elementwise
+    optimizer (created under this strategy's scope) for 1/N of every flat parameter arena,
+    updates only that part, and all-gathers the parameters: 1/N of the state memory and of
+    the update work, same bits as unsharded. Slot variables then hold this rank's part (1-D);
+    `save_own_variables` saves that part, to be loaded at the same world size.
     """
 
     def __init__(
@@ -41,11 +48,17 @@ class MPIStrategy(Strategy):
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         collective_timeout: float | None = None,
         shared_memory="auto",
+        shard_optimizer_state: bool = False,
     ):
         if shared_memory not in (True, False, "auto"):
             raise ValueError(
                 "Argument `shared_memory` must be True, False or 'auto'. "
                 f"Received: shared_memory={shared_memory!r}"
+            )
+        if not isinstance(shard_optimizer_state, bool):
+            raise ValueError(
+                "Argument `shard_optimizer_state` must be True or False. "
+                f"Received: shard_optimizer_state={shard_optimizer_state!r}"
             )
         super().__init__(
             MPICommunicator(comm),
@@ -54,6 +67,9 @@ class MPIStrategy(Strategy):
             collective_timeout=collective_timeout,
         )
         self._gradient_reducer = make_reducer(self._communicator, shared_memory)
+        self._optimizer_sharding = None
+        if shard_optimizer_state:
+            self._optimizer_sharding = Sharding(self._communicator, self._gradient_reducer)
         _timeline.bind(self._communicator)
         if self.num_replicas_in_sync > 1:
             install_excepthook()

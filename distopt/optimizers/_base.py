@@ -8,6 +8,7 @@ import numpy as np
 
 from distopt import _naming
 from distopt._variable import Variable, _VariableCreationHook
+from distopt.collectives import _timeline
 from distopt.distribute import _context
 from distopt.optimizers import _engine, _state, _transforms
 from distopt.optimizers._validation import check_gradients, unzip_pairs
@@ -205,7 +206,8 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
         for n, init in zip(names, inits):
             if n not in self._slot_arenas and not callable(init):
                 self._slot_arenas[n] = {
-                    dt: layout.new_arena(dt, _fill_value(init)) for dt in layout.totals
+                    dt: layout.new_arena(dt, _fill_value(init), n in self._kernel_slots)
+                    for dt in layout.totals
                 }
         result = [[] for _ in names]
         for var in trainable_variables:
@@ -234,10 +236,11 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
         for v in variables:
             if not isinstance(v, Variable):
                 raise TypeError(f"`build` takes distopt.Variable objects. Received: {v!r}")
+        sharding = _engine.sharding_for(self)
         self._trainable_variables = variables
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
         movable = [v for v in variables if not v.overwrite_with_gradient]
-        self._layout = _engine.ArenaLayout(movable, self)
+        self._layout = _engine.ArenaLayout(movable, self, sharding)
         if self.use_ema:
             self._model_variables_moving_average = self.add_optimizer_variables(variables, "average")
         if self.gradient_accumulation_steps:
@@ -326,6 +329,7 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
             raise ValueError("No gradients provided for any variable.")
         if not self.built:
             self.build(variables)
+        _timeline.set_step(self._iteration_count())
         if len(present) < len(variables):
             missing = [v.path for g, v in zip(grads, variables) if g is None]
             warnings.warn(
@@ -358,10 +362,11 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
 
     def _update(self, grads, variables):
         """Clip, weight decay, then the update step of every pair (one real update)."""
-        grads = self._clip_gradients(grads)
-        lr = self._learning_rate_value()
-        self._apply_weight_decay(variables, lr)
-        self._update_all(grads, variables, lr)
+        with _timeline.span("update"):
+            grads = self._clip_gradients(grads)
+            lr = self._learning_rate_value()
+            self._apply_weight_decay(variables, lr)
+            self._update_all(grads, variables, lr)
 
     def _update_all(self, grads, variables, lr):
         self._prepare_step(lr)
@@ -375,6 +380,12 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
             params = layout.params[dt]
             order = [layout.index[id(variables[k])] for k in in_step]
             if params is None or order != members:
+                if layout.sharding is not None:
+                    raise ValueError(
+                        "Under `shard_optimizer_state=True` every step must update all the "
+                        f"variables `{self.name}` was built with, in the same order, with a "
+                        "gradient for each."
+                    )
                 for k in in_step:
                     self.update_step(grads[k], variables[k], lr)
                 continue
@@ -383,7 +394,8 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
             if flat_g is None:
                 flat_g = np.concatenate([g.reshape(-1) for g in dt_grads])
             slots = [self._slot_arenas[n][dt] for n in self._kernel_slots]
-            _engine.run_kernel(self._kernel, params, flat_g, slots, self._coefficients(lr, dt))
+            layout.run(self._kernel, dt, flat_g, slots, self._coefficients(lr, dt))
+        layout.gather()
 
     def _prepare_step(self, lr) -> None:
         """Hook run once per real update, before the per-variable updates (e.g. Nadam)."""

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from distopt.collectives import _timeline
 from distopt.optimizers import _kernel_trace
 from distopt.optimizers._kernel_numpy import Program
 from distopt.optimizers._kernel_trace import KernelError
@@ -206,15 +207,32 @@ def run_kernel(
     program(w, g, slots, coefficients, chunk)
 
 
+def sharding_for(optimizer):
+    """The ZeRO-1 sharding of the strategy `optimizer` was created under, or None."""
+    sharding = getattr(optimizer._strategy, "_optimizer_sharding", None)
+    if sharding is None or hasattr(optimizer, "inner_optimizer"):
+        return None  # a wrapper (LossScaleOptimizer) leaves the updates to its inner optimizer
+    if optimizer._kernel is None:
+        raise ValueError(
+            f"`MPIStrategy(shard_optimizer_state=True)` shards the state of elementwise "
+            f"optimizers (SGD, Adam, AdamW, RMSprop, ...); {type(optimizer).__name__} updates "
+            "whole tensors, so its state cannot be split elementwise. Create it under an "
+            "MPIStrategy with shard_optimizer_state=False."
+        )
+    return sharding
+
+
 class ArenaLayout:
     """Where each built variable lives in its dtype's flat arenas.
 
     Parameters are re-homed into one flat arena per dtype when every variable of that dtype
     is free to move (not already re-homed by another owner); slot arenas share the layout, so
-    one pass over (params, grads, slots) updates every variable of a dtype.
+    one pass over (params, grads, slots) updates every variable of a dtype. With a ZeRO-1
+    `sharding`, kernel slot arenas hold only this rank's part of each dtype's arena, and a
+    slot variable's value is the 1-D part of its variable that falls in that range.
     """
 
-    def __init__(self, variables: Sequence, owner: object):
+    def __init__(self, variables: Sequence, owner: object, sharding=None):
         self.variables = list(variables)
         self.index = {id(v): i for i, v in enumerate(self.variables)}
         self.offsets: list[int] = []
@@ -225,6 +243,10 @@ class ArenaLayout:
             totals[v.dtype] = totals.get(v.dtype, 0) + v.size
             self.groups.setdefault(v.dtype, []).append(i)
         self.totals = totals
+        self.sharding = sharding
+        self.shards = {}
+        if sharding is not None:
+            self.shards = {dt: sharding.shard_range(dt, n) for dt, n in totals.items()}
         self.params: dict[np.dtype, np.ndarray | None] = {}
         for dt, members in self.groups.items():
             if all(self.variables[i]._arena_owner is None for i in members):
@@ -238,7 +260,32 @@ class ArenaLayout:
     def view(self, arena: np.ndarray, i: int) -> np.ndarray:
         v = self.variables[i]
         off = self.offsets[i]
+        if arena.size != self.totals[v.dtype]:  # a sharded slot arena
+            lo, hi = self.shards[v.dtype]
+            start, stop = max(off, lo) - lo, min(off + v.size, hi) - lo
+            return arena[start : max(start, stop)]
         return arena[off : off + v.size].reshape(v.shape)
 
-    def new_arena(self, dtype: np.dtype, fill=0) -> np.ndarray:
-        return np.full(self.totals[dtype], fill, dtype=dtype)
+    def new_arena(self, dtype: np.dtype, fill=0, sharded: bool = False) -> np.ndarray:
+        n = self.totals[dtype]
+        if sharded and dtype in self.shards:
+            lo, hi = self.shards[dtype]
+            n = hi - lo
+        return np.full(n, fill, dtype=dtype)
+
+    def run(self, kernel, dtype, g: np.ndarray, slots, coefficients) -> None:
+        """The kernel over this rank's part of `dtype`'s parameters (all of them unsharded)."""
+        w = self.params[dtype]
+        if dtype in self.shards:
+            lo, hi = self.shards[dtype]
+            w, g = w[lo:hi], g[lo:hi]
+        with _timeline.span("kernel"):
+            run_kernel(kernel, w, g, slots, coefficients)
+
+    def gather(self) -> None:
+        """Hands every rank the parameters the others updated (ZeRO-1; else nothing).
+
+        Collective under sharding: call on all ranks, in the same order.
+        """
+        if self.sharding is not None:
+            self.sharding.allgather(list(self.params.values()))

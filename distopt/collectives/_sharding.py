@@ -1,0 +1,95 @@
+"""Optimizer-state sharding (ZeRO-1): which part of each flat arena a rank updates, and the
+all-gather that hands every rank the parameters the others updated.
+
+Gradients are reduced exactly as without sharding (so the bits are the same); each rank then
+updates only its 1/N of every dtype's flat parameter arena, keeping optimizer state for that
+part alone, and the updated parts are all-gathered. On one node the all-gather goes through
+a shared-memory staging buffer; otherwise through `Allgatherv` in pieces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from distopt.collectives import _timeline
+from distopt.collectives._reduce import DEFAULT_PIECE_BYTES
+from distopt.collectives._shm import SharedMemoryReducer, _share
+
+
+class Sharding:
+    """This rank's shard of every flat arena, and the all-gather of updated parameters."""
+
+    def __init__(self, communicator, reducer, piece_bytes: int = DEFAULT_PIECE_BYTES):
+        self.communicator = communicator
+        self.rank, self.size = communicator.rank, communicator.size
+        self.piece_bytes = piece_bytes
+        self._groups = None
+        if isinstance(reducer, SharedMemoryReducer) and reducer.groups.num_nodes == 1:
+            self._groups = reducer.groups
+        self._staging: dict[tuple, tuple] = {}
+
+    def ranges(self, dtype, n: int) -> list[tuple[int, int]]:
+        """Every rank's [start, stop) of an arena of `n` elements of `dtype`."""
+        itemsize = np.dtype(dtype).itemsize
+        return [_share(n, itemsize, r, self.size) for r in range(self.size)]
+
+    def shard_range(self, dtype, n: int) -> tuple[int, int]:
+        """This rank's [start, stop) of an arena of `n` elements of `dtype`."""
+        return self.ranges(dtype, n)[self.rank]
+
+    def allgather(self, arenas) -> None:
+        """Fills every rank's shards of each arena from their owners, in place.
+
+        Collective: call on all ranks, in the same order, with arenas of the same sizes.
+        """
+        if self.size == 1:
+            return
+        with _timeline.span("allgather"):
+            for arena in arenas:
+                if self._groups is not None:
+                    self._through_shared_memory(arena)
+                else:
+                    self._through_mpi(arena)
+
+    def _through_mpi(self, arena: np.ndarray) -> None:
+        from mpi4py import MPI
+        from mpi4py.util.dtlib import from_numpy_dtype
+
+        ranges = self.ranges(arena.dtype, arena.size)
+        datatype = from_numpy_dtype(arena.dtype)
+        step = max(1, self.piece_bytes // arena.itemsize // self.size)
+        longest = max(hi - lo for lo, hi in ranges)
+        comm = self.communicator.mpi_comm
+        for start in range(0, longest, step):
+            counts = [max(0, min(step, hi - lo - start)) for lo, hi in ranges]
+            displs = [min(lo + start, hi) for lo, hi in ranges]
+            comm.Allgatherv(MPI.IN_PLACE, [arena, counts, displs, datatype])
+
+    def _through_shared_memory(self, arena: np.ndarray) -> None:
+        from mpi4py import MPI
+
+        key = (arena.dtype, arena.size)
+        if key not in self._staging:
+            node = self._groups.node
+            nbytes = arena.nbytes if self._groups.local_rank == 0 else 0
+            win = MPI.Win.Allocate_shared(nbytes, 1, comm=node)
+            win.Lock_all(MPI.MODE_NOCHECK)
+            memory = win.Shared_query(0)[0]
+            self._staging[key] = (win, np.frombuffer(memory, arena.dtype, arena.size))
+        win, staging = self._staging[key]
+        ranges = self.ranges(arena.dtype, arena.size)
+        lo, hi = ranges[self.rank]
+        self._groups.node.Barrier()  # every rank has read the previous step's staging
+        staging[lo:hi] = arena[lo:hi]
+        win.Sync()
+        self._groups.node.Barrier()
+        win.Sync()
+        for r, (a, b) in enumerate(ranges):
+            if r != self.rank and b > a:
+                arena[a:b] = staging[a:b]
+
+    def close(self) -> None:
+        for win, _ in self._staging.values():
+            win.Unlock_all()
+            win.Free()
+        self._staging.clear()
