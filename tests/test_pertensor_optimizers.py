@@ -515,6 +515,43 @@ def test_saved_state_continues_the_identical_trajectory(cls, kwargs):
         np.testing.assert_array_equal(a.value, b.value)
 
 
+def test_lamb_whole_arena_and_per_tensor_paths_agree():
+    # All gradients: one kernel pass per dtype; a None gradient or update_step: per tensor.
+    rng = np.random.default_rng(10)
+    shapes = [(3, 4), (5,), ()]
+    values, grads = _random_problem(rng, shapes, steps=4)
+    whole = _train(Lamb(learning_rate=0.1), values, grads)
+    subset_opt, direct_opt = Lamb(learning_rate=0.1), Lamb(learning_rate=0.1)
+    subset = _variables(values + [np.ones(2)])
+    direct = _variables(values)
+    direct_opt.build(direct)
+    for step in grads:
+        with pytest.warns(UserWarning, match="Gradients do not exist"):
+            subset_opt.apply_gradients(zip(step + [None], subset))
+        for g, v in zip(step, direct):
+            direct_opt.update_step(g, v, float(np.float32(0.1)))
+        direct_opt._iterations.assign(direct_opt._iterations.value + 1)
+    for a, b, c in zip(whole, subset, direct):
+        np.testing.assert_array_equal(a.value, b.value)
+        np.testing.assert_array_equal(a.value, c.value)
+
+
+@pytest.mark.parametrize("cls", [Lamb, ScheduleFreeAdamW])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numba_and_numpy_engines_give_the_same_bits(cls, dtype):
+    from distopt.optimizers import _engine
+
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(11)
+    values, grads = _random_problem(rng, [(40, 30), (7,)], steps=3)
+    results = []
+    for name in ("numpy", "numba"):
+        with _engine.use_engine(name):
+            results.append(_train(cls(learning_rate=0.01), values, grads, dtype=dtype))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.value, b.value)
+
+
 def test_lamb_accumulation_equals_the_mean_gradient():
     rng = np.random.default_rng(8)
     plain, accumulating = (

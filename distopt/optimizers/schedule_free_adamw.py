@@ -8,6 +8,17 @@ from distopt.optimizers._base import Optimizer
 from distopt.optimizers._hyperparameters import check_float
 
 
+def _schedule_free_kernel(
+    w, g, z, v, lr, one_minus_beta_2, bias_correction_2, epsilon, beta_1, one_minus_beta_1,
+    weight, one_minus_weight,
+):  # fmt: skip
+    v = v + (g * g - v) * one_minus_beta_2
+    z_new = z - lr * g / (np.sqrt(v / bias_correction_2) + epsilon)
+    x_old = (w - one_minus_beta_1 * z) / beta_1  # the average, recovered from y and old z
+    x_new = one_minus_weight * x_old + weight * z_new
+    return one_minus_beta_1 * z_new + beta_1 * x_new, z_new, v
+
+
 class ScheduleFreeAdamW(Optimizer):
     """Schedule-Free AdamW (Defazio et al., 2024): no learning-rate schedule needed.
 
@@ -38,6 +49,8 @@ class ScheduleFreeAdamW(Optimizer):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.warmup_steps = warmup_steps
+        self._kernel = staticmethod(_schedule_free_kernel)
+        self._kernel_slots = ("momentum", "velocity")
 
     def build(self, variables):
         if self.built:
@@ -50,28 +63,18 @@ class ScheduleFreeAdamW(Optimizer):
             if z is not None:
                 z.value[...] = var.value
 
-    def update_step(self, gradient, variable, learning_rate):
-        dt = variable.dtype.type
-        i = self._trainable_variables_indices[id(variable)]
-        z = self._momentums[i].value
-        v = self._velocities[i].value
-        g = np.asarray(gradient, dtype=variable.dtype)
-        w = variable.value
-        one = dt(1)
-        step = dt(self._step_count() + 1)
-        beta_1 = dt(self.beta_1)
-        beta_2 = dt(self.beta_2)
-        lr = dt(learning_rate)
+    def _coefficients(self, lr, dtype):
+        c = np.dtype(dtype).type
+        one = c(1)
+        step = c(self._step_count() + 1)
+        beta_1, beta_2 = c(self.beta_1), c(self.beta_2)
+        lr = c(lr)
         if self.warmup_steps > 0:
-            lr = lr * np.minimum(step / dt(self.warmup_steps), one)
-        z_old = z.copy()
-        v += (g * g - v) * (one - beta_2)
-        denominator = np.sqrt(v / (one - np.power(beta_2, step))) + dt(self.epsilon)
-        z -= lr * g / denominator
+            lr = lr * np.minimum(step / c(self.warmup_steps), one)
         weight = one / step
-        x_old = (w - (one - beta_1) * z_old) / beta_1
-        x_new = (one - weight) * x_old + weight * z
-        w[...] = (one - beta_1) * z + beta_1 * x_new
+        bias_correction_2 = one - np.power(beta_2, step)
+        return (lr, one - beta_2, bias_correction_2, c(self.epsilon), beta_1, one - beta_1,
+                weight, one - weight)  # fmt: skip
 
     def get_config(self):
         return {
