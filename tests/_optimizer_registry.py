@@ -47,6 +47,12 @@ BASE_OPTIONS = {
     "ema": {"use_ema": True, "ema_momentum": 0.9, "ema_overwrite_frequency": 3},
     "accumulation": {"gradient_accumulation_steps": 3},
     "loss_scale_factor": {"loss_scale_factor": 4.0},
+    # Not a constructor keyword: `Entry.make` turns it into an ExponentialDecay learning rate.
+    "schedule": {"schedule": {"decay_steps": 4, "decay_rate": 0.5}},
+    "schedule_accumulation": {
+        "schedule": {"decay_steps": 4, "decay_rate": 0.5, "staircase": True},
+        "gradient_accumulation_steps": 3,
+    },
 }
 
 
@@ -69,8 +75,15 @@ class Entry:
         return getattr(optimizers, self.class_name, None)
 
     def make(self, learning_rate=None, **options):
-        """A new optimizer; `options` are base options (for a wrapper: of its inner optimizer)."""
+        """A new optimizer; `options` are base options (for a wrapper: of its inner optimizer).
+
+        `schedule={...}` makes the learning rate `ExponentialDecay(lr, **schedule)`.
+        """
         lr = self.lr if learning_rate is None else learning_rate
+        options = dict(options)
+        schedule = options.pop("schedule", None)
+        if schedule is not None:
+            lr = optimizers.schedules.ExponentialDecay(lr, **schedule)
         if self.wrapper:
             inner_cls = getattr(optimizers, self.kwargs["inner"])
             inner_kwargs = self.kwargs.get("inner_kwargs", {})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _contract_helpers import bad_calls
 from _optimizer_registry import BASE_OPTIONS, params
 
 from distopt import Variable
@@ -191,7 +192,8 @@ def test_ranks_equal_single_process(entry, option, strategy):
     assert_identical_on_every_rank(strategy, items)
     ref_variables, ref = run_single(entry, option, size)
     assert_equal_to_single(items, state(ref_variables, ref))
-    updates = CALLS // 3 if option == "accumulation" else CALLS
+    accumulates = "gradient_accumulation_steps" in BASE_OPTIONS.get(option, {})
+    updates = CALLS // 3 if accumulates else CALLS
     if size > 1:
         assert reductions == updates, f"{reductions} gradient all-reduces for {updates} updates"
 
@@ -233,3 +235,33 @@ def test_non_finite_gradient_on_one_rank_skips_step_on_every_rank(entry, strateg
     ref_variables, ref = run_single(entry, "plain", size, bad_call=2)
     assert_equal_to_single(items, state(ref_variables, ref))
     assert int(np.asarray(opt.iterations)) == CALLS - 1
+
+
+@pytest.mark.parametrize("entry", params())
+def test_calls_raising_on_every_rank_change_nothing_and_keep_ranks_in_step(entry, strategy):
+    """Bad input raises on every rank before any collective: state and lockstep survive."""
+    size = strategy.num_replicas_in_sync
+    problem, variables, opt = _setup(entry, "plain", "float64", strategy)
+    rank = strategy.communicator.rank
+    for stage in range(2):  # once on the unbuilt optimizer, once mid-training
+        grads = problem.shard_grads(variables, rank, size, _loss_scale(opt))
+        before = state(variables, opt)
+        for kind, call, exc, regex, *needs_built in bad_calls(opt, variables, grads, strategy):
+            if needs_built and not opt.built:
+                continue
+            with pytest.raises(exc, match=regex):
+                call()
+            after = state(variables, opt)
+            assert len(after) == len(before), kind
+            for (name, a), (_, b) in zip(before, after):
+                assert a.tobytes() == b.tobytes(), f"{kind} changed {name}"
+        for _ in range(3):
+            grads = problem.shard_grads(variables, rank, size, _loss_scale(opt))
+            strategy.run(opt.apply_gradients, args=(list(zip(grads, variables)),))
+    items = state(variables, opt)
+    assert_identical_on_every_rank(strategy, items)
+    _, ref_vars, ref = _setup(entry, "plain", "float64")
+    for _ in range(6):
+        grads = problem.summed_grads(ref_vars, size, _loss_scale(ref))
+        ref.apply_gradients(zip(grads, ref_vars))
+    assert_equal_to_single(items, state(ref_vars, ref))

@@ -271,6 +271,8 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
         """
         self._require_replica_context()
         grads = list(grads)
+        if not grads:
+            return  # as Keras: nothing to apply, and the counter is not incremented
         if trainable_variables is None:
             if not self.built:
                 raise ValueError(

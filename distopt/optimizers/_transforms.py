@@ -115,7 +115,8 @@ class TransformsMixin:
             pattern = re.compile("|".join(names)) if names else None
         except re.error as e:
             raise ValueError(
-                f"Argument `var_names` must hold valid regular expressions. Received: {names!r} ({e})"
+                "Argument `var_names` must hold valid regular expressions. "
+                f"Received: {names!r} ({e})"
             ) from e
         self._exclude_ids = {id(v) for v in var_list}
         self._exclude_pattern = pattern
