@@ -600,3 +600,42 @@ def test_ranks_agree_with_one_process_fed_the_summed_gradient(cls, kwargs, comm_
         np.testing.assert_allclose(got.value, expected.value, rtol=RTOL, atol=1e-15)
         everyone = comm_world.allgather(got.numpy())
         assert all(np.array_equal(everyone[0], other) for other in everyone)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("shard", [False, True])
+def test_schedule_free_adamw_under_zero1_sharding_gives_the_same_bits(comm_world, shard):
+    from distopt.distribute import MPIStrategy
+
+    rank = comm_world.Get_rank()
+    rng = np.random.default_rng(12)
+    values = [rng.standard_normal(s) for s in [(6, 5), (7,), ()]]
+    grads = [[np.random.default_rng(100 * k + rank).standard_normal(v.shape) for v in values]
+             for k in range(3)]  # fmt: skip
+    results = []
+    for sharded in (False, shard):
+        strategy = MPIStrategy(shard_optimizer_state=sharded)
+        with strategy.scope():
+            variables = _variables(values, dtype="float32")
+            opt = ScheduleFreeAdamW(learning_rate=0.1, warmup_steps=2)
+        for step in grads:
+            strategy.run(lambda s=step: opt.apply_gradients(zip(s, variables)))
+        results.append([v.numpy() for v in variables])
+    for a, b in zip(*results):
+        assert a.tobytes() == b.tobytes()
+    everyone = comm_world.allgather(b"".join(a.tobytes() for a in results[1]))
+    assert len(set(everyone)) == 1
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("cls", [Adafactor, Lamb, Muon])
+def test_per_tensor_optimizers_refuse_zero1_sharding(cls):
+    from distopt.distribute import MPIStrategy
+
+    strategy = MPIStrategy(shard_optimizer_state=True)
+    with strategy.scope():
+        variables = _variables([np.ones((2, 2))])
+        opt = cls()
+    with pytest.raises(ValueError, match=f"{cls.__name__} updates whole tensors"):
+        opt.build(variables)
+    assert not opt.built

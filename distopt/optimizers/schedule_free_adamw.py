@@ -59,9 +59,17 @@ class ScheduleFreeAdamW(Optimizer):
         self._momentums, self._velocities = self.add_optimizer_variables(
             variables, ["momentum", "velocity"]
         )
-        for var, z in zip(variables, self._momentums):
-            if z is not None:
-                z.value[...] = var.value
+        # z starts as the variable: copy each dtype's parameters (this rank's part under
+        # ZeRO-1 sharding) into its momentum arena.
+        layout = self._layout
+        for dt, members in layout.groups.items():
+            z = self._slot_arenas["momentum"][dt]
+            if layout.params[dt] is not None:
+                lo, hi = layout.shards.get(dt, (0, z.size))
+                z[...] = layout.params[dt][lo:hi]
+            else:
+                for i in members:
+                    layout.view(z, i)[...] = layout.variables[i].value
 
     def _coefficients(self, lr, dtype):
         c = np.dtype(dtype).type
