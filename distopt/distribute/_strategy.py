@@ -228,7 +228,7 @@ class _DefaultStrategy(Strategy):
 
     def _reduce_gradients(self, grads, variables):
         return [
-            g if (isinstance(g, np.ndarray) and g.dtype == v.dtype) else np.asarray(g, v.dtype)
+            g if (type(g) is np.ndarray and g.dtype == v._value.dtype) else np.asarray(g, v.dtype)
             for g, v in zip(grads, variables)
         ]
 

@@ -309,18 +309,23 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
 
     def _check_strategy(self, variables) -> object:
         strategy = _context.get_strategy()
-        for owner, what in [(self, f"Optimizer `{self.name}`")] + [
-            (v, f"Variable `{v.path}`") for v in variables
-        ]:
-            bound = owner._strategy
+        # Messages are built only on error: this runs for every variable at every step.
+        if self._strategy is not None and self._strategy is not strategy:
+            self._strategy_mismatch(f"Optimizer `{self.name}`", self._strategy, strategy)
+        for v in variables:
+            bound = v._strategy
             if bound is not None and bound is not strategy:
-                where = "no strategy" if strategy._is_default else repr(strategy)
-                raise ValueError(
-                    f"{what} was created under the scope of {bound!r} but is being updated under "
-                    f"{where}. Update mirrored state inside `strategy.run(...)` of the strategy "
-                    "it was created with, so that every rank aggregates the same gradients."
-                )
+                self._strategy_mismatch(f"Variable `{v.path}`", bound, strategy)
         return strategy
+
+    @staticmethod
+    def _strategy_mismatch(what, bound, strategy):
+        where = "no strategy" if strategy._is_default else repr(strategy)
+        raise ValueError(
+            f"{what} was created under the scope of {bound!r} but is being updated under "
+            f"{where}. Update mirrored state inside `strategy.run(...)` of the strategy "
+            "it was created with, so that every rank aggregates the same gradients."
+        )
 
     def _apply(self, grads, variables, aggregate):
         known = self._trainable_variables_indices if self.built else None
@@ -349,9 +354,10 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
             if self.gradient_accumulation_steps:
                 self._accumulate_and_update(grads, variables, reduce)
             else:
-                if reduce is not None:
-                    grads = reduce(grads, variables)
-                grads = self._cast(self._unscale(grads), variables)
+                if reduce is not None:  # returns the variables' dtypes: no cast needed after
+                    grads = self._unscale(reduce(grads, variables))
+                else:
+                    grads = self._cast(self._unscale(grads), variables)
                 self._update(grads, variables)
             if self.use_ema:
                 self._update_moving_averages()
@@ -377,11 +383,9 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
                 self.update_step(g, v, lr)
             return
         layout = self._layout
-        for dt, members in layout.groups.items():
-            in_step = [k for k, v in enumerate(variables) if v.dtype == dt]
+        for dt, in_step, in_place in layout.step_groups(variables):
             params = layout.params[dt]
-            order = [layout.index[id(variables[k])] for k in in_step]
-            if params is None or order != members:
+            if not in_place:
                 if layout.sharding is not None:
                     raise ValueError(
                         "Under `shard_optimizer_state=True` every step must update all the "
@@ -391,10 +395,10 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
                 for k in in_step:
                     self.update_step(grads[k], variables[k], lr)
                 continue
-            dt_grads = [grads[k] for k in in_step]
+            dt_grads = grads if len(in_step) == len(grads) else [grads[k] for k in in_step]
             flat_g = _engine.flat_span(dt_grads)
             if flat_g is None:
-                flat_g = np.concatenate([g.reshape(-1) for g in dt_grads])
+                flat_g = np.concatenate(dt_grads, axis=None)
             slots = [self._slot_arenas[n][dt] for n in self._kernel_slots]
             layout.run(self._kernel, dt, flat_g, slots, self._coefficients(lr, dt))
         layout.gather()

@@ -247,6 +247,7 @@ class ArenaLayout:
         self.shards = {}
         if sharding is not None:
             self.shards = {dt: sharding.shard_range(dt, n) for dt, n in totals.items()}
+        self._step_groups: dict[tuple, list] = {}
         self.params: dict[np.dtype, np.ndarray | None] = {}
         for dt, members in self.groups.items():
             if all(self.variables[i]._arena_owner is None for i in members):
@@ -256,6 +257,22 @@ class ArenaLayout:
                 self.params[dt] = arena
             else:
                 self.params[dt] = flat_span([self.variables[i].value for i in members])
+
+    def step_groups(self, variables) -> list[tuple]:
+        """Per dtype: (dtype, positions in `variables`, whether they are exactly that dtype's
+        arena in order, so one kernel pass covers them). Cached per variable list."""
+        key = tuple(variables)  # holds the variables, so their ids cannot be reused
+        groups = self._step_groups.get(key)
+        if groups is None:
+            groups = []
+            for dt, members in self.groups.items():
+                in_step = [k for k, v in enumerate(variables) if v.dtype == dt]
+                order = [self.index.get(id(variables[k])) for k in in_step]
+                groups.append((dt, in_step, self.params[dt] is not None and order == members))
+            if len(self._step_groups) >= 8:
+                self._step_groups.clear()
+            self._step_groups[key] = groups
+        return groups
 
     def view(self, arena: np.ndarray, i: int) -> np.ndarray:
         v = self.variables[i]

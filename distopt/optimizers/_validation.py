@@ -52,8 +52,13 @@ def unzip_pairs(grads_and_vars) -> tuple[list, list[Variable]]:
             "`grads_and_vars` must be an iterable of (gradient, variable) pairs, e.g. "
             f"`zip(grads, variables)`. Received: {_describe(grads_and_vars)}"
         )
+    pairs = list(grads_and_vars)
+    if pairs and all(type(p) is tuple and len(p) == 2 for p in pairs):
+        grads, variables = map(list, zip(*pairs))  # the common case, transposed at C speed
+        if all(type(v) is Variable for v in variables):
+            return grads, variables
     grads, variables = [], []
-    for i, pair in enumerate(grads_and_vars):
+    for i, pair in enumerate(pairs):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(
                 f"`grads_and_vars` must contain (gradient, variable) pairs; item {i} is "
@@ -77,6 +82,17 @@ def check_gradients(grads: list, variables: list[Variable], known: dict | None) 
             "`grads_and_vars` is empty: no gradient at all was provided. Pass at least one "
             "(gradient, variable) pair."
         )
+    ids = [id(v) for v in variables]
+    unique = set(ids)
+    if len(unique) == len(ids) and (known is None or unique <= known.keys()):
+        # Steady state (no duplicate, no unknown variable): only the gradients need a look,
+        # and a float ndarray of the right shape is taken as it is.
+        return [
+            g
+            if type(g) is np.ndarray and g.shape == v._value.shape and g.dtype.kind in "fiu"
+            else (None if g is None else as_gradient(g, v))
+            for g, v in zip(grads, variables)
+        ]
     seen: set[int] = set()
     out = []
     for g, v in zip(grads, variables):
