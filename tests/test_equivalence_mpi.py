@@ -49,6 +49,11 @@ def strategy():
     return CountingStrategy()
 
 
+@pytest.fixture(scope="module")
+def sharded_strategy():
+    return CountingStrategy(shard_optimizer_state=True)
+
+
 class Regression:
     """Least squares on a global batch of 24 rows: loss = 1/(2*24) sum ||x W + b - y||^2.
 
@@ -196,6 +201,32 @@ def test_ranks_equal_single_process(entry, option, strategy):
     updates = CALLS // 3 if accumulates else CALLS
     if size > 1:
         assert reductions == updates, f"{reductions} gradient all-reduces for {updates} updates"
+
+
+PER_TENSOR = {"Adafactor", "Lamb", "Muon"}  # whole-tensor maths: ZeRO-1 refuses them
+# The options whose code paths touch the sharded arenas (the others act before the update).
+SHARDED_OPTIONS = ["plain", "global_clipnorm", "weight_decay", "ema", "accumulation", "overwrite"]
+
+
+@pytest.mark.parametrize("option", SHARDED_OPTIONS)
+@pytest.mark.parametrize("entry", params())
+def test_sharded_state_ranks_equal_single_process(entry, option, sharded_strategy):
+    """ZeRO-1 (`shard_optimizer_state=True`) gives the same variables as one process."""
+    size = sharded_strategy.num_replicas_in_sync
+    try:
+        variables, opt = run_distributed(entry, option, sharded_strategy)
+    except ValueError as e:
+        if "shards the state of elementwise optimizers" not in str(e):
+            raise
+        assert entry.class_name in PER_TENSOR, f"{entry.class_name} refused sharding: {e}"
+        return
+    ref_variables, ref = run_single(entry, option, size)
+    items, ref_items = state(variables, opt), state(ref_variables, ref)
+    assert_identical_on_every_rank(sharded_strategy, items[: len(variables)])
+    # Slots of the sharded kernel hold this rank's part; every other variable is whole.
+    whole = [(a, b) for a, b in zip(items, ref_items) if a[1].shape == b[1].shape]
+    assert len(whole) >= len(variables) + 1
+    assert_equal_to_single([a for a, _ in whole], [b for _, b in whole])
 
 
 @pytest.mark.parametrize("entry", params())
