@@ -23,7 +23,9 @@ def snapshot():
     return (
         get_strategy(),
         has_strategy(),
-        None if ctx is None else (ctx.strategy, ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync),
+        None
+        if ctx is None
+        else (ctx.strategy, ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync),
         in_cross_replica_context(),
     )
 
@@ -76,7 +78,9 @@ def test_table_of_cases(strategy):
 
 def test_merge_call_passes_strategy_and_arguments(strategy):
     got = strategy.run(
-        lambda: get_replica_context().merge_call(lambda s, a, b=0: (s, a, b), args=(1,), kwargs={"b": 2})
+        lambda: get_replica_context().merge_call(
+            lambda s, a, b=0: (s, a, b), args=(1,), kwargs={"b": 2}
+        )
     )
     assert got == (strategy, 1, 2)
 
@@ -123,7 +127,9 @@ def test_threads_keep_separate_stacks(strategy, other):
             seen[key] = s.run(snapshot)
             barrier.wait()
 
-    threads = [threading.Thread(target=worker, args=(s, k)) for s, k in ((strategy, "a"), (other, "b"))]
+    threads = [
+        threading.Thread(target=worker, args=(s, k)) for s, k in ((strategy, "a"), (other, "b"))
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -30,7 +30,9 @@ def test_reduce_ops(mpi, dtype, op):
     np.testing.assert_allclose(got, expected, rtol=1e-3 if dtype == "float16" else 0)
     if op != "MEAN":
         assert got.dtype == np.dtype(dtype)
-    got_ctx = strategy.run(lambda: get_replica_context().all_reduce(ReduceOp[op], per_rank(rank, dtype)))
+    got_ctx = strategy.run(
+        lambda: get_replica_context().all_reduce(ReduceOp[op], per_rank(rank, dtype))
+    )
     np.testing.assert_array_equal(got_ctx, got)
 
 
@@ -44,7 +46,9 @@ def test_all_reduce_nested_structures(mpi):
     assert got["a"] == size and got["b"][0] == total and got["b"][0].dtype == np.float32
     np.testing.assert_array_equal(got["b"][1][0], [total, total])
     assert got["b"][1][1] == 1.5 * size
-    flags = strategy.run(lambda: get_replica_context().all_reduce("MIN", {"ok": np.bool_(rank == 0)}))
+    flags = strategy.run(
+        lambda: get_replica_context().all_reduce("MIN", {"ok": np.bool_(rank == 0)})
+    )
     assert flags["ok"].dtype == bool and bool(flags["ok"]) == (size == 1)
 
 
@@ -87,7 +91,9 @@ def test_reduce_bad_arguments():
     strategy = Strategy(LocalCommunicator())
     with pytest.raises(ValueError, match="Argument `op` must be a `distopt.distribute.ReduceOp`"):
         strategy.reduce("PROD", 1.0)
-    with pytest.raises(ValueError, match=r"`axis` must be an axis of `value`, whose shape is \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"`axis` must be an axis of `value`, whose shape is \(3,\)"
+    ):
         strategy.reduce("SUM", np.ones(3), axis=1)
     with pytest.raises(TypeError, match="ReduceOp.MAX is not defined for complex"):
         strategy.reduce("MAX", np.ones(2, np.complex64))

@@ -21,8 +21,7 @@ def compute_average_loss(per_example_loss, global_batch_size=None, *, sample_wei
     losses = np.asarray(per_example_loss)
     if losses.dtype.kind not in "fiu":
         raise TypeError(
-            "Argument `per_example_loss` must be a numeric array. "
-            f"Received dtype: {losses.dtype}"
+            f"Argument `per_example_loss` must be a numeric array. Received dtype: {losses.dtype}"
         )
     if losses.ndim < 1:
         raise ValueError(

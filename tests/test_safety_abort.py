@@ -1,0 +1,188 @@
+"""Failure modes that must end the whole job: the deadline and abort-on-exception.
+
+Each case launches a real MPI job (`mpiexec -n N python script.py`, or `distoptrun`) as a
+subprocess with a short deadline and a subprocess timeout, so a regression fails instead of
+hanging. The script prints `MARK <time>` when the failure starts; the job must be gone
+within the deadline plus 10 s of it.
+"""
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distopt.collectives._deadline import TIMEOUT_ENV, resolve_timeout
+from distopt.collectives._guard import Signature, explain
+
+ROOT = Path(__file__).resolve().parent.parent
+DEADLINE = 3.0
+SLACK = 10.0
+JOB_TIMEOUT = 120
+
+SCRIPT = r"""
+import sys, time
+import numpy as np
+import distopt
+from distopt.distribute import MPIStrategy
+
+mode = sys.argv[1]
+strategy = MPIStrategy() if mode == "env" else MPIStrategy(collective_timeout=float(sys.argv[2]))
+rank, size = strategy.communicator.rank, strategy.num_replicas_in_sync
+with strategy.scope():
+    w = distopt.Variable(np.zeros(3), name="w")
+    opt = distopt.optimizers.SGD(learning_rate=0.1)
+
+def mark():
+    print(f"MARK {time.time()}", flush=True)
+
+for step in range(5):
+    if rank == 1 and step == 3:
+        if mode in ("skip", "env"):
+            continue  # the classic bug: one rank skips apply_gradients
+        if mode == "raise":
+            mark()
+            raise RuntimeError("boom on rank 1")
+        if mode == "busy":
+            time.sleep(300)  # alive but never arrives
+    if rank == 0 and step == 4 and mode in ("skip", "env"):
+        mark()  # rank 1 never runs this step's aggregation
+    if rank == 0 and step == 3 and mode == "busy":
+        mark()
+    shape = (4,) if (mode == "mismatch" and rank == 1) else (3,)
+    if mode == "mismatch" and step == 2:
+        mark()
+        w2 = distopt.Variable(np.zeros(shape), name="w")
+        opt2 = distopt.optimizers.SGD(learning_rate=0.1)
+        strategy.run(lambda: opt2.apply_gradients([(np.ones(shape), w2)]))
+    strategy.run(lambda: opt.apply_gradients([(np.ones(3), w)]))
+print(f"rank {rank} finished", flush=True)
+"""
+
+
+def mpiexec() -> str:
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+def launch(tmp_path, n, mode, launcher="mpiexec", env=None):
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    e = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    e.pop(TIMEOUT_ENV, None)
+    e.update(env or {})
+    args = [str(script), mode, str(DEADLINE)]
+    if launcher == "mpiexec":
+        cmd = [mpiexec(), "-n", str(n), sys.executable, *args]
+    else:
+        cmd = [sys.executable, "-m", "distopt.launch", "-np", str(n), *args]
+    start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT, env=e, cwd=ROOT)
+    end = time.time()
+    out = proc.stdout + proc.stderr
+    marks = [float(m) for m in re.findall(r"MARK ([0-9.]+)", out)]
+    assert marks, f"the job never reached the failure point:\n{out}"
+    return proc.returncode, out, end - min(marks), end - start
+
+
+def others(n, missing=1):
+    rest = [str(r) for r in range(n) if r != missing]
+    return ("rank " if len(rest) == 1 else "ranks ") + ", ".join(rest)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_rank_skipping_a_step_aborts_at_the_deadline(tmp_path, n):
+    code, out, after_mark, _ = launch(tmp_path, n, "skip")
+    assert code != 0, out
+    assert "collective deadline exceeded on rank" in out
+    assert f"`gradient aggregation` at step 5 (collective #6) did not complete within " \
+           f"collective_timeout={DEADLINE:g} s" in out  # fmt: skip
+    assert f"arrived: {others(n)}" in out
+    assert "rank 1: finished its script and exited after collective #5" in out
+    assert "rank 0 finished" not in out
+    assert after_mark <= DEADLINE + SLACK, f"took {after_mark:.1f} s after the stall:\n{out}"
+
+
+def test_busy_rank_is_named_and_the_job_aborts(tmp_path):
+    code, out, after_mark, _ = launch(tmp_path, 2, "busy")
+    assert code != 0, out
+    assert "`gradient aggregation` at step 4" in out
+    assert re.search(r"rank 1: running outside distopt collectives for [0-9.]+ s, since "
+                     r"collective #4 \(`gradient aggregation`, step 3\)", out), out  # fmt: skip
+    assert after_mark <= DEADLINE + SLACK, f"took {after_mark:.1f} s:\n{out}"
+
+
+def test_deadline_from_the_environment(tmp_path):
+    code, out, after_mark, _ = launch(tmp_path, 2, "env", env={TIMEOUT_ENV: "2"})
+    assert code != 0 and "collective_timeout=2 s" in out, out
+    assert after_mark <= 2 + SLACK
+
+
+@pytest.mark.parametrize("launcher", ["mpiexec", "distoptrun"])
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_rank_raising_aborts_the_job(tmp_path, n, launcher):
+    code, out, after_mark, _ = launch(tmp_path, n, "raise", launcher)
+    assert code != 0, out
+    assert "RuntimeError: boom on rank 1" in out
+    assert "Traceback (most recent call last)" in out
+    if launcher == "mpiexec":
+        assert f"distopt: unhandled RuntimeError on rank 1 of {n}; aborting the job" in out
+    else:
+        assert "distoptrun: unhandled exception on rank 1; aborting the job." in out
+    assert "deadline exceeded" not in out  # ended by the abort, not by the deadline
+    assert after_mark <= SLACK, f"took {after_mark:.1f} s after the exception:\n{out}"
+
+
+def test_unhandled_mismatch_ends_the_job(tmp_path):
+    code, out, after_mark, _ = launch(tmp_path, 3, "mismatch")
+    assert code != 0, out
+    assert "CollectiveMismatchError: Ranks disagree about `gradient aggregation`" in out
+    assert "`w` shape: ranks 0, 2: (3,); rank 1: (4,)" in out
+    assert after_mark <= SLACK
+
+
+@pytest.mark.parametrize(
+    "value, env, message",
+    [
+        (0, None, "Received: collective_timeout=0"),
+        (-1.0, None, "Received: collective_timeout=-1.0"),
+        ("10", None, "Received: collective_timeout='10'"),
+        (True, None, "Received: collective_timeout=True"),
+        (math.nan, None, "Received: collective_timeout=nan"),
+        (None, "soon", f"Received: {TIMEOUT_ENV}='soon'"),
+        (None, "0", f"Received: {TIMEOUT_ENV}='0'"),
+    ],
+)
+def test_bad_timeouts(monkeypatch, value, env, message):
+    if env is None:
+        monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TIMEOUT_ENV, env)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_timeout(value)
+
+
+def test_timeout_sources(monkeypatch):
+    from distopt.distribute import MPIStrategy
+
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert resolve_timeout(None) == 600.0
+    assert resolve_timeout(math.inf) == math.inf
+    monkeypatch.setenv(TIMEOUT_ENV, " 45 ")
+    assert resolve_timeout(None) == 45.0 and resolve_timeout(5) == 5.0
+    assert MPIStrategy().collective_timeout == 45.0
+    assert MPIStrategy(collective_timeout=7).collective_timeout == 7.0
+
+
+def test_explain_limits_its_length():
+    sigs = [Signature(1, "", [(f"v{i}", (i + r,), "float32") for i in range(30)]) for r in range(2)]
+    everyone = [{"op": s.op, "detail": s.detail, "seq": 1, "step": 1,
+                 "items": [[n, list(sh), t] for n, sh, t in s.items]} for s in sigs]  # fmt: skip
+    text = explain(everyone)
+    assert "... and 18 more differences" in text
+    assert sigs[0].digest != sigs[1].digest and 0 <= sigs[0].digest < 2**62
