@@ -40,7 +40,7 @@ def expected_ids(num_examples, batch_size, size):
 )
 def test_shared_dataset_sharding(comm_world, num_examples, batch_size):
     strategy = MPIStrategy()
-    rank, size = comm_world.rank, comm_world.size
+    size = comm_world.size
     data = strategy.experimental_distribute_dataset(batches(num_examples, batch_size))
     assert isinstance(data, DistributedDataset)
     for _epoch in range(2):
