@@ -86,7 +86,10 @@ def launch(tmp_path, n, mode, launcher="mpiexec", env=None):
     end = time.time()
     out = proc.stdout + proc.stderr
     marks = [float(m) for m in re.findall(r"MARK ([0-9.]+)", out)]
-    assert marks, f"the job never reached the failure point:\n{out}"
+    assert marks, (
+        f"the job never reached the failure point (exit {proc.returncode} after "
+        f"{end - start:.1f} s; {cmd}):\n{out}"
+    )
     return proc.returncode, out, end - min(marks), end - start
 
 

@@ -113,6 +113,7 @@ class Monitor:
             return
         sys.stderr.write(deadline_message(self, cur, replies) + "\n")
         sys.stderr.flush()
+        time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
         self.communicator.abort(DEADLINE_EXIT_CODE)
 
 

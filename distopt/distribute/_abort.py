@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 ABORT_EXIT_CODE = 1
+# mpiexec (Hydra) forwards each rank's output asynchronously and stops forwarding once it
+# handles an abort: give it this long to pass the traceback on first.
+OUTPUT_GRACE = 0.5
 _lock = threading.Lock()
 _installed: list = []
+
+
+def flush_output() -> None:
+    """Flushes stdout/stderr and waits `OUTPUT_GRACE` s so mpiexec forwards them."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110 - a closed stream must not block the abort
+            pass
+    time.sleep(OUTPUT_GRACE)
 
 
 def _abort_world(code: int) -> None:
@@ -33,9 +47,8 @@ def _hook(previous):
                 "the job (MPI_Abort) so that no rank waits forever. Traceback:\n"
             )
             previous(exc_type, exc, tb)
-            sys.stdout.flush()
-            sys.stderr.flush()
         finally:
+            flush_output()
             _abort_world(ABORT_EXIT_CODE)
 
     excepthook._distopt = True

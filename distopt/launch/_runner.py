@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+import time
 import traceback
 
 
 def _abort(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
+    time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
     try:
         from mpi4py import MPI
 
