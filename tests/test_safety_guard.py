@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 import distopt
+from distopt.collectives._deadline import OPERATIONS
 from distopt.distribute import CollectiveMismatchError, MPIStrategy, get_replica_context
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
 
-@pytest.fixture
-def world(comm_world):
-    return MPIStrategy(collective_timeout=60), comm_world.rank, comm_world.size
+@pytest.fixture(params=[True, False], ids=["shared-memory", "mpi"])
+def world(comm_world, request):
+    strategy = MPIStrategy(collective_timeout=60, shared_memory=request.param)
+    return strategy, comm_world.rank, comm_world.size
 
 
 def others(rank, size):
@@ -151,6 +153,26 @@ def test_reduce_op_and_structure_mismatch(world):
     assert strategy.reduce("SUM", 1.0) == size
 
 
+def test_gradient_buffers(world):
+    strategy, rank, size = world
+    variables = [distopt.Variable(np.zeros(2), name=f"v{i}") for i in range(2 + (rank == 1))]
+    if getattr(strategy._reducer, "shared_memory", False):
+        # Buckets in a shared window: creating them is collective, so it is guarded.
+        with pytest.raises(
+            CollectiveMismatchError, match="Ranks disagree about `gradient buffers`"
+        ):
+            strategy.gradient_buffers(variables)
+    else:
+        assert len(strategy.gradient_buffers(variables)) == len(variables)
+    variables = variables[:2]
+    buffers = strategy.gradient_buffers(variables)
+    for b in buffers:
+        b[...] = rank + 1
+    opt = distopt.optimizers.SGD(learning_rate=1.0)
+    strategy.run(lambda: opt.apply_gradients(zip(buffers, variables)))
+    np.testing.assert_array_equal(variables[0].numpy(), -np.full(2, size * (size + 1) / 2))
+
+
 def test_message_is_identical_on_every_rank(world, comm_world):
     strategy, rank, size = world
     with pytest.raises(CollectiveMismatchError) as info:
@@ -167,3 +189,26 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_every_collective_is_watched(comm_world, sharded):
+    """Each collective the strategy runs passes through the deadline monitor exactly once."""
+    strategy = MPIStrategy(shard_optimizer_state=sharded)
+    monitor = strategy._safety.monitor
+    seen = []
+    enter = monitor.enter
+    monitor.enter = lambda op: (seen.append(op), enter(op))[1]
+    with strategy.scope():
+        v = distopt.Variable(np.zeros(4), name="v")
+        opt = distopt.optimizers.Adam(learning_rate=0.5)
+    strategy.run(lambda: opt.apply_gradients([(np.ones(4), v)]))
+    strategy.reduce("SUM", 1.0)
+    strategy.broadcast(np.ones(2))
+    list(strategy.experimental_distribute_dataset([np.zeros(comm_world.size)]))
+    names = [OPERATIONS[op] for op in seen]
+    expected = ["variable broadcast", "gradient aggregation"]
+    expected += ["parameter all-gather"] if sharded else []
+    expected += ["reduce", "broadcast", "dataset step agreement", "dataset step agreement"]
+    assert names == expected
+    assert monitor.current is None and monitor.seq == len(expected)

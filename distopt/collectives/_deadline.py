@@ -23,7 +23,7 @@ TIMEOUT_ENV = "DISTOPT_COLLECTIVE_TIMEOUT"
 DEADLINE_EXIT_CODE = 124
 OPERATIONS = (
     "collective", "gradient aggregation", "reduce", "all_reduce", "broadcast",
-    "variable broadcast", "dataset step agreement",
+    "variable broadcast", "dataset step agreement", "gradient buffers", "parameter all-gather",
 )  # fmt: skip
 _STATE, _EXIT = 1, 2
 _MAX_EXIT_NOTICES = 64  # beyond this, exiting ranks stay silent (N^2 messages)

@@ -9,6 +9,7 @@ from distopt.collectives._sharding import Sharding
 from distopt.comm import MPICommunicator
 from distopt.distribute._abort import install_excepthook
 from distopt.distribute._reduce_op import ReduceOp
+from distopt.distribute._safety import PARAMETER_ALLGATHER
 from distopt.distribute._strategy import Strategy
 
 
@@ -69,7 +70,9 @@ class MPIStrategy(Strategy):
         self._gradient_reducer = make_reducer(self._communicator, shared_memory)
         self._optimizer_sharding = None
         if shard_optimizer_state:
-            self._optimizer_sharding = Sharding(self._communicator, self._gradient_reducer)
+            sharding = Sharding(self._communicator, self._gradient_reducer)
+            sharding.allgather = self._safety.watched(PARAMETER_ALLGATHER, sharding.allgather)
+            self._optimizer_sharding = sharding
         _timeline.bind(self._communicator)
         if self.num_replicas_in_sync > 1:
             install_excepthook()

@@ -17,6 +17,8 @@ ALL_REDUCE = OPERATIONS.index("all_reduce")
 BROADCAST = OPERATIONS.index("broadcast")
 VARIABLE_BROADCAST = OPERATIONS.index("variable broadcast")
 DATASET = OPERATIONS.index("dataset step agreement")
+BUFFERS = OPERATIONS.index("gradient buffers")
+PARAMETER_ALLGATHER = OPERATIONS.index("parameter all-gather")
 _MAX_CACHED = 64
 
 
@@ -57,15 +59,34 @@ class CollectiveSafety:
     def end(self) -> None:
         self.monitor.leave()
 
-    def gradient_signature(self, plan, variables) -> Signature | None:
-        """The signature of aggregating `variables` with `plan`, computed once per plan."""
+    def gradient_signature(self, plan, variables, op: int = GRADIENTS) -> Signature | None:
+        """The signature of aggregating `variables`; cached on their plan (None: no plan yet)."""
         if not self.active:
             return None
-        cached = self._gradient_signatures.get(id(plan))
-        if cached is not None and cached[0] is plan:
-            return cached[1]
-        sig = Signature(GRADIENTS, "", [(v.path, v.shape, v.dtype.name) for v in variables])
+        if plan is not None:
+            cached = self._gradient_signatures.get(id(plan))
+            if cached is not None and cached[0] is plan:
+                return cached[1]
+        sig = Signature(op, "", [(v.path, v.shape, v.dtype.name) for v in variables])
+        if plan is not None:
+            self.remember(plan, sig)
+        return sig
+
+    def remember(self, plan, signature: Signature | None) -> None:
+        if signature is None:
+            return
         if len(self._gradient_signatures) >= _MAX_CACHED:
             self._gradient_signatures.clear()
-        self._gradient_signatures[id(plan)] = (plan, sig)
-        return sig
+        self._gradient_signatures[id(plan)] = (plan, signature)
+
+    def watched(self, op: int, fn):
+        """`fn` bracketed for the deadline only (for collectives that follow a guarded one)."""
+
+        def call(*args, **kwargs):
+            self.begin(op)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.end()
+
+        return call

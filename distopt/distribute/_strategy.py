@@ -17,7 +17,7 @@ from distopt.distribute import _context, _datasets
 from distopt.distribute._collective_methods import CollectiveMethods
 from distopt.distribute._reduce_op import ReduceOp
 from distopt.distribute._replica_context import ReplicaContext
-from distopt.distribute._safety import GRADIENTS, VARIABLE_BROADCAST, CollectiveSafety
+from distopt.distribute._safety import BUFFERS, GRADIENTS, VARIABLE_BROADCAST, CollectiveSafety
 
 
 class Strategy(CollectiveMethods, _datasets.DatasetMethods):
@@ -146,16 +146,27 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         self._broadcast_arrays([variable.value], 0, VARIABLE_BROADCAST, [variable.path])
 
     # -- gradients --------------------------------------------------------------------------
-    def _plan_for(self, variables: Sequence[Variable]) -> BucketPlan:
+    def _cached_plan(self, variables: Sequence[Variable]) -> tuple[tuple, BucketPlan | None]:
         key = tuple(id(v) for v in variables)
-        shapes = [v.shape for v in variables]
-        dtypes = [v.dtype for v in variables]
         with self._plans_lock:
             plan = self._plans.get(key)
-            if plan is None or not plan.matches(shapes, dtypes):
-                plan = self._reducer.make_plan(shapes, dtypes, self._bucket_bytes)
-                self._plans[key] = plan
+        if plan is not None and plan.matches(
+            [v.shape for v in variables], [v.dtype for v in variables]
+        ):
+            return key, plan
+        return key, None
+
+    def _new_plan(self, key: tuple, variables: Sequence[Variable]) -> BucketPlan:
+        # Collective with shared-memory buckets (a new window): only after the guard.
+        shapes = [v.shape for v in variables]
+        plan = self._reducer.make_plan(shapes, [v.dtype for v in variables], self._bucket_bytes)
+        with self._plans_lock:
+            self._plans[key] = plan
         return plan
+
+    def _plan_for(self, variables: Sequence[Variable]) -> BucketPlan:
+        key, plan = self._cached_plan(variables)
+        return plan if plan is not None else self._new_plan(key, variables)
 
     def gradient_buffers(self, var_list: Sequence[Variable]) -> list[np.ndarray]:
         """Writable arrays shaped like `var_list`, living in the aggregation buckets.
@@ -163,6 +174,7 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         Compute gradients into them in place (`out=` or `[...] =`) and pass them to
         `apply_gradients` with the same variables in the same order: they are reduced where
         they are, without a pack copy. Their contents are overwritten by each reduction.
+        With shared-memory buckets this is collective: call it on all ranks, in the same order.
         """
         var_list = list(var_list)
         for v in var_list:
@@ -170,7 +182,17 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
                 raise TypeError(
                     f"`gradient_buffers` takes distopt.Variable objects. Received: {v!r}"
                 )
-        return list(self._plan_for(var_list).views)
+        key, plan = self._cached_plan(var_list)
+        if plan is None:
+            if not getattr(self._reducer, "shared_memory", False):  # local plans: no agreement
+                return list(self._new_plan(key, var_list).views)
+            safety = self._safety
+            safety.begin(BUFFERS, safety.gradient_signature(None, var_list, BUFFERS))
+            try:
+                plan = self._new_plan(key, var_list)
+            finally:
+                safety.end()
+        return list(plan.views)
 
     def _reduce_gradients(
         self, grads: Sequence[np.ndarray], variables: Sequence[Variable]
@@ -180,10 +202,14 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         Returns views into the strategy's buckets, valid until the next reduction.
         Collective: call on all ranks, in the same order, with the same shapes and dtypes.
         """
-        plan = self._plan_for(variables)
+        key, plan = self._cached_plan(variables)
         safety = self._safety
-        safety.begin(GRADIENTS, safety.gradient_signature(plan, variables))
+        signature = safety.gradient_signature(plan, variables)
+        safety.begin(GRADIENTS, signature)
         try:
+            if plan is None:
+                plan = self._new_plan(key, variables)
+                safety.remember(plan, signature)
             with _timeline.span("pack"):
                 plan.pack(grads)
             return self._reducer.allreduce(plan, self._gradient_reduce_op is ReduceOp.MEAN)
