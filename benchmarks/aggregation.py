@@ -106,6 +106,14 @@ def resnet(comm, dcomm, rank, size, repeats: int, torch_too: bool) -> Table:
             base,
         )
         reducer.close()
+    from distopt.collectives._compress import Compression
+
+    for name in ("bf16", "fp16"):
+        reducer = _reducers.make_reducer(dcomm, shared_memory=False, compression=Compression(name))
+        plan = reducer.make_plan(shapes, [F4] * len(sizes), 25 << 20)
+        _fill(plan.views, rank)
+        t = median_ms(lambda r=reducer, p=plan: r.allreduce(p, False), repeats, comm=comm)
+        table.add(f"distopt sliced, {name} on the wire, gradients in the buckets", t, base)
     if torch_too:
         for name, t in gloo(comm, rank, size, sizes, max(3, repeats // 3)):
             table.add(name, t, base)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from distopt.collectives import _timeline
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
+from distopt.collectives._compress import make_compression
 from distopt.collectives._reducers import make_reducer
 from distopt.collectives._sharding import Sharding
 from distopt.comm import MPICommunicator
@@ -39,6 +40,11 @@ class MPIStrategy(Strategy):
     updates only that part, and all-gathers the parameters: 1/N of the state memory and of
     the update work, same bits as unsharded. Slot variables then hold this rank's part (1-D);
     `save_own_variables` saves that part, to be loaded at the same world size.
+
+    `compression="bf16"` or `"fp16"` rounds float gradient buckets to 16 bits on the MPI wire
+    (fp16 divides by the number of ranks before summing, against overflow); the sum is then
+    approximate. Ranks of one node that sum through shared memory are not rounded: only the
+    traffic between nodes (or all of it with `shared_memory=False`) is compressed.
     """
 
     def __init__(
@@ -50,12 +56,14 @@ class MPIStrategy(Strategy):
         collective_timeout: float | None = None,
         shared_memory="auto",
         shard_optimizer_state: bool = False,
+        compression=None,
     ):
         if shared_memory not in (True, False, "auto"):
             raise ValueError(
                 "Argument `shared_memory` must be True, False or 'auto'. "
                 f"Received: shared_memory={shared_memory!r}"
             )
+        wire = make_compression(compression)
         if not isinstance(shard_optimizer_state, bool):
             raise ValueError(
                 "Argument `shard_optimizer_state` must be True or False. "
@@ -67,7 +75,7 @@ class MPIStrategy(Strategy):
             bucket_bytes=bucket_bytes,
             collective_timeout=collective_timeout,
         )
-        self._gradient_reducer = make_reducer(self._communicator, shared_memory)
+        self._gradient_reducer = make_reducer(self._communicator, shared_memory, wire)
         self._optimizer_sharding = None
         if shard_optimizer_state:
             sharding = Sharding(self._communicator, self._gradient_reducer)
