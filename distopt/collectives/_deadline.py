@@ -104,7 +104,7 @@ class Monitor:
         replies, notices = {}, []
         if self.channel is not None:
             wait = min(3.0, max(0.5, self.timeout))
-            replies, notices = self.channel.census(self.state, wait)
+            replies, notices = self.channel.census(self.state, wait, skip=set(self.exited))
         for source, msg in notices:
             if msg[0] == _EXIT:
                 self.exited[source] = msg

@@ -50,15 +50,16 @@ class SideChannel:
         self._prune()
         return notices
 
-    def census(self, answer, timeout: float) -> tuple[dict[int, np.ndarray], list]:
-        """Asks every other rank for its state; waits at most `timeout` s for the replies.
+    def census(self, answer, timeout: float, skip=()) -> tuple[dict[int, np.ndarray], list]:
+        """Asks every other rank (but those in `skip`) for its state; waits at most `timeout` s.
 
-        Keeps answering other ranks' requests meanwhile. Returns ({rank: reply}, notices).
+        Keeps answering other ranks' requests meanwhile, and stops waiting for a rank whose
+        notice arrives. Returns ({rank: reply}, notices).
         """
         request = answer()
         receives = {}
         for peer in range(self.size):
-            if peer != self.rank:
+            if peer != self.rank and peer not in skip:
                 self._isend(request, peer, _TAG_REQUEST)
                 buf = np.empty(MESSAGE_LEN, np.int64)
                 receives[peer] = (self._comm.Irecv(buf, source=peer, tag=_TAG_REPLY), buf)
@@ -69,7 +70,9 @@ class SideChannel:
                 if req.Test():
                     replies[peer] = buf
                     del receives[peer]
-            notices += self.poll(answer)
+            for source, msg in self.poll(answer):
+                notices.append((source, msg))
+                receives.pop(source, None)
             time.sleep(0.005)
         return replies, notices
 
