@@ -63,6 +63,9 @@ def main() -> int:
                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")  # fmt: skip
     # This checkout's package first, whatever else is installed.
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # A test that desynchronises the ranks blocks inside MPI, where pytest-timeout's signal
+    # cannot interrupt it: the collective deadline aborts the run instead, naming the cause.
+    env.setdefault("DISTOPT_COLLECTIVE_TIMEOUT", str(TEST_TIMEOUT))
     ok = True
     base = [sys.executable, "-m", "pytest", f"--timeout={TEST_TIMEOUT}", *extra]
     if not args.no_single:

@@ -26,7 +26,7 @@ SLACK = 10.0
 JOB_TIMEOUT = 120
 
 SCRIPT = r"""
-import sys, time
+import os, sys, time
 import numpy as np
 import distopt
 from distopt.distribute import MPIStrategy
@@ -50,6 +50,9 @@ for step in range(5):
             raise RuntimeError("boom on rank 1")
         if mode == "busy":
             time.sleep(300)  # alive but never arrives
+        if mode == "die":
+            mark()
+            os._exit(3)  # gone without a word (as if killed)
     if rank == 0 and step == 4 and mode in ("skip", "env"):
         mark()  # rank 1 never runs this step's aggregation
     if rank == 0 and step == 3 and mode == "busy":
@@ -118,6 +121,15 @@ def test_busy_rank_is_named_and_the_job_aborts(tmp_path):
     assert re.search(r"rank 1: running outside distopt collectives for [0-9.]+ s, since "
                      r"collective #4 \(`gradient aggregation`, step 3\)", out), out  # fmt: skip
     assert after_mark <= DEADLINE + SLACK, f"took {after_mark:.1f} s:\n{out}"
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_rank_dying_ends_the_job(tmp_path, n):
+    code, out, after_mark, _ = launch(tmp_path, n, "die")
+    assert code != 0, out
+    # mpiexec ends the job when a rank dies; the deadline would otherwise name it.
+    assert after_mark <= DEADLINE + SLACK, f"took {after_mark:.1f} s:\n{out}"
+    assert "rank 0 finished" not in out
 
 
 def test_deadline_from_the_environment(tmp_path):

@@ -202,10 +202,11 @@ class _Watchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        end = time.monotonic() + 1.0  # for all notices together
         for m in self._snapshot():
             if m.channel is not None and 1 < m.communicator.size <= _MAX_EXIT_NOTICES:
                 try:
-                    m.channel.notify_all(m.state(_EXIT))
+                    m.channel.notify_all(m.state(_EXIT), max(0.0, end - time.monotonic()))
                 except Exception:  # noqa: BLE001, S110 - exiting anyway; MPI may be finalized
                     pass
 

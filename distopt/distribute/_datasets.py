@@ -87,7 +87,10 @@ class _Iterator:
         return self
 
     def _agree(self, has: int, size: int) -> tuple[int, int, int]:
-        """(min has, min size, max size) over ranks. Collective."""
+        """(min has, min size, max size) over ranks.
+
+        Collective: call on all ranks, in the same order.
+        """
         safety = self._strategy._safety
         if not safety.active:
             return has, size, size
@@ -174,7 +177,8 @@ class DatasetMethods:
         array or a nested tuple/list/dict of arrays with a common leading batch size. Each
         global batch of B examples gives every rank B // N consecutive examples; the B % N
         extra examples are dropped, and a batch smaller than N is skipped by every rank.
-        Iterating is collective (one small all-reduce per step): iterate on all ranks.
+        Iterating runs one small all-reduce per step. Collective: call on all ranks, in the
+        same order (iterate on every rank).
         """
         self._check_not_mixing("experimental_distribute_dataset()")
         if not hasattr(dataset, "__iter__"):
@@ -190,7 +194,8 @@ class DatasetMethods:
         The function shards the data itself (`input_context.input_pipeline_id` is the rank,
         `num_input_pipelines` the world size) and yields per-replica batches. Iteration stops
         on every rank when the first rank's dataset ends (the others' extra batches are
-        dropped). Iterating is collective (one small all-reduce per step).
+        dropped). Iterating runs one small all-reduce per step. Collective: call on all ranks,
+        in the same order (iterate on every rank).
         """
         self._check_not_mixing("distribute_datasets_from_function()")
         if not callable(dataset_fn):
