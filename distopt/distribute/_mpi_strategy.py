@@ -5,6 +5,7 @@ from __future__ import annotations
 from distopt.collectives import _timeline
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
 from distopt.collectives._compress import make_compression
+from distopt.collectives._deadline import resolve_timeout
 from distopt.collectives._reducers import make_reducer
 from distopt.collectives._sharding import Sharding
 from distopt.comm import MPICommunicator
@@ -69,6 +70,7 @@ class MPIStrategy(Strategy):
                 "Argument `shard_optimizer_state` must be True or False. "
                 f"Received: shard_optimizer_state={shard_optimizer_state!r}"
             )
+        resolve_timeout(collective_timeout)  # a bad value fails before the collective Dup
         super().__init__(
             MPICommunicator(comm),
             gradient_reduce_op=gradient_reduce_op,
