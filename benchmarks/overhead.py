@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import Table, emit, median_ms, world
+from _common import Table, emit, median_ms, use_clock, world
 
 NUM_VARIABLES, SIZE = 200, 10
 
@@ -50,7 +50,9 @@ class _nothing:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
+    use_clock(args.clock)
     comm, rank, size = world()
     from distopt.optimizers import _engine
 
@@ -61,7 +63,7 @@ def main():
         strategy = MPIStrategy()
     where = f"MPIStrategy, {size} ranks" if strategy else "default strategy, one process"
     table = Table(f"`apply_gradients`, {NUM_VARIABLES} variables x {SIZE} float32, {where}, "
-                  f"engine {_engine.engine()}", "target 300 us")  # fmt: skip
+                  f"engine {_engine.engine()}, {args.clock} clock", "target 300 us")  # fmt: skip
     for name in ("sgd", "adam", "rmsprop", "lion"):
         us = _one(name, strategy, comm, args.repeats, False)
         table.add(f"{name}: microseconds per step", us, 300.0, "gradients as separate arrays")
