@@ -194,3 +194,25 @@ def _root():
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("engine", ["numpy", pytest.param("numba", marks=needs_numba)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_weight_decay_over_arenas_equals_the_per_variable_formula(engine, dtype):
+    distopt.utils.clear_session()
+    rng = np.random.default_rng(5)
+    variables = [distopt.Variable(rng.standard_normal(s), dtype=dtype) for s in SHAPES]
+    expected = []
+    for v in variables:
+        w = v.numpy()
+        w -= w * np.asarray(0.004, dtype=dtype) * np.asarray(0.01, dtype=dtype)
+        expected.append(w)
+    opt = distopt.optimizers.SGD(learning_rate=0.01)
+    opt.build(variables)
+    with _engine.use_engine(engine):
+        left = _engine.decay_in_arenas(opt._layout, variables, 0.004, 0.01)
+    assert left == []
+    for v, w in zip(variables, expected):
+        assert v.numpy().tobytes() == w.tobytes()
+    # A variable left out of the decay keeps its whole dtype group on the per-variable path.
+    assert _engine.decay_in_arenas(opt._layout, variables[1:], 0.004, 0.01) == variables[1:]

@@ -207,6 +207,33 @@ def run_kernel(
     program(w, g, slots, coefficients, chunk)
 
 
+def _decay_kernel(w, g, weight_decay, learning_rate):
+    # The base's per-variable `w -= w * wd * lr`, with the same operations in the same order.
+    return (w - w * weight_decay * learning_rate,)
+
+
+def decay_in_arenas(layout, variables, weight_decay, lr) -> list:
+    """Applies weight decay over whole parameter arenas (this rank's part under ZeRO-1) where
+    `variables` cover every variable of a dtype; returns the variables left to decay one by
+    one."""
+    if layout is None:
+        return list(variables)
+    chosen = {id(v) for v in variables}
+    done: set[int] = set()
+    for dt, members in layout.groups.items():
+        params = layout.params[dt]
+        if params is None or not all(id(layout.variables[i]) in chosen for i in members):
+            continue
+        w = params
+        if dt in layout.shards:  # the all-gather after the update brings the other parts
+            lo, hi = layout.shards[dt]
+            w = params[lo:hi]
+        c = np.dtype(dt).type
+        run_kernel(_decay_kernel, w, w, [], (c(weight_decay), c(lr)))
+        done.update(id(layout.variables[i]) for i in members)
+    return [v for v in variables if id(v) not in done]
+
+
 def sharding_for(optimizer):
     """The ZeRO-1 sharding of the strategy `optimizer` was created under, or None."""
     sharding = getattr(optimizer._strategy, "_optimizer_sharding", None)

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from distopt.optimizers import _engine
 from distopt.optimizers._hyperparameters import check_float
 
 
@@ -129,11 +130,12 @@ class TransformsMixin:
     def _apply_weight_decay(self, variables, lr):
         if self.weight_decay is None:
             return
-        for v in variables:
-            if self._use_weight_decay(v):
-                w = v.value
-                wd = np.asarray(self.weight_decay, dtype=w.dtype)
-                w -= w * wd * np.asarray(lr, dtype=w.dtype)
+        decayed = [v for v in variables if self._use_weight_decay(v)]
+        # Whole arenas in one pass where possible; the rest (and the fallback) per variable.
+        for v in _engine.decay_in_arenas(self._layout, decayed, self.weight_decay, lr):
+            w = v.value
+            wd = np.asarray(self.weight_decay, dtype=w.dtype)
+            w -= w * wd * np.asarray(lr, dtype=w.dtype)
 
     # -- accumulation -------------------------------------------------------------------------
     def _accumulate_and_update(self, grads, variables, reduce):
