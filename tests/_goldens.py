@@ -1,7 +1,8 @@
 """Interpreter for tests/data/keras_goldens.json (its `conventions` block is the contract).
 
 Builds optimizers, variables and gradients from a case and runs a scenario script, checking
-each `expected[i]` right after `script[i]`. Used by tests/test_goldens.py only.
+each `expected[i]` right after `script[i]`. Used by tests/test_goldens.py; the per-optimizer
+test modules take `CASES` and `array` from here too.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def dense_mse_fit(case):
             losses.append(np.mean(err * err))
             dpred = np.float32(2) * err / np.float32(err.size)
             grads = [xb.T @ dpred] + ([dpred.sum(axis=0)] if len(params) > 1 else [])
-            opt.apply_gradients(zip(grads, params))
+            opt.apply_gradients(zip(grads, params, strict=True))
         history.append(np.mean(np.asarray(losses, dtype="float32")))
     if opt.use_ema:
         opt.finalize_variable_values(params)

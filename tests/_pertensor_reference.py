@@ -16,6 +16,16 @@ def decay(w, weight_decay, lr):
     return w if weight_decay is None else w - w * weight_decay * lr
 
 
+def adam_moments(w, grads, beta_1, beta_2):
+    """Yields `(t, m, v)`: Adam's first and second moments after gradient `t` (from 1)."""
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g * g
+        yield t, m, v
+
+
 def adafactor(
     w,
     grads,
@@ -53,12 +63,8 @@ def adafactor(
 def lamb(w, grads, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None):
     """You et al. (2019), LAMB without the paper's weight-decay term (Keras decays apart)."""
     w = np.array(w, dtype=np.float64)
-    m = np.zeros_like(w)
-    v = np.zeros_like(w)
-    for t, g in enumerate(grads, start=1):
+    for t, m, v in adam_moments(w, grads, beta_1, beta_2):
         w = decay(w, weight_decay, lr)
-        m = beta_1 * m + (1 - beta_1) * g
-        v = beta_2 * v + (1 - beta_2) * g * g
         r = (m / (1 - beta_1**t)) / (np.sqrt(v / (1 - beta_2**t)) + epsilon)
         w_norm, r_norm = np.linalg.norm(w), np.linalg.norm(r)
         trust = w_norm / r_norm if w_norm > 0 and r_norm > 0 else 1.0
@@ -82,12 +88,8 @@ def newton_schulz(x, steps, a=3.4445, b=-4.7750, c=2.0315):
 def adam(w, grads, lr, beta_1, beta_2, epsilon, weight_decay=None, lr_ratio=1.0):
     """Kingma & Ba (2015), the efficient form of section 2 ("epsilon hat")."""
     w = np.array(w, dtype=np.float64)
-    m = np.zeros_like(w)
-    v = np.zeros_like(w)
-    for t, g in enumerate(grads, start=1):
+    for t, m, v in adam_moments(w, grads, beta_1, beta_2):
         w = decay(w, weight_decay, lr)
-        m = beta_1 * m + (1 - beta_1) * g
-        v = beta_2 * v + (1 - beta_2) * g * g
         step_size = lr * lr_ratio * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
         w = w - step_size * m / (np.sqrt(v) + epsilon)
     return w

@@ -3,25 +3,13 @@ same skip decision on every rank."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _goldens import CASES, array
 
 import distopt
 from distopt import optimizers
 from distopt.optimizers import SGD, Adam, LossScaleOptimizer
-
-GOLDENS = Path(__file__).parent / "data" / "keras_goldens.json"
-
-
-def _num(x):
-    if isinstance(x, str):
-        return float(x)
-    if isinstance(x, list):
-        return [_num(y) for y in x]
-    return x
 
 
 def _lso_from_kwargs(kwargs):
@@ -35,14 +23,13 @@ def _state(opt, variables):
 
 
 def _assert_state(opt, variables, before):
-    for v, b in zip(opt.variables + list(variables), before):
+    for v, b in zip(opt.variables + list(variables), before, strict=True):
         np.testing.assert_array_equal(v.value, b)
 
 
 # -- goldens --------------------------------------------------------------------------------------
 def _cases():
-    cases = json.loads(GOLDENS.read_text())["cases"]
-    return [c for c in cases if c["id"].startswith("loss_scale_optimizer.")]
+    return [c for c in CASES if c["id"].startswith("loss_scale_optimizer.")]
 
 
 @pytest.mark.parametrize(
@@ -57,13 +44,13 @@ def test_golden_scenario(case):
         for k, s in case["variables"].items()
     }
     opts = {k: _lso_from_kwargs(s["kwargs"]) for k, s in case["optimizers"].items()}
-    grads = {k: np.asarray(_num(g), np.float32) for k, g in case["grads"].items()}
+    grads = {k: array(g) for k, g in case["grads"].items()}
     steps = (
         [{"op": "start", "optimizer": next(iter(opts))}]
         if len(case["expected"]) > len(case["script"])
         else []
     )
-    for action, expected in zip(steps + case["script"], case["expected"]):
+    for action, expected in zip(steps + case["script"], case["expected"], strict=True):
         opt = opts[action["optimizer"]]
         if action["op"] == "build":
             opt.build([variables[v] for v in action["vars"]])
@@ -166,7 +153,7 @@ def test_save_and_load_cover_the_inner_state():
         opt.apply_gradients([(g, v)])
         other.apply_gradients([(g, w)])
     np.testing.assert_array_equal(v.value, w.value)
-    for a, b in zip(opt.variables, other.variables):
+    for a, b in zip(opt.variables, other.variables, strict=True):
         np.testing.assert_array_equal(a.value, b.value)
 
 

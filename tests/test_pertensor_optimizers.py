@@ -3,20 +3,18 @@ Keras goldens, layouts, errors, dtypes, serialization and state round trips."""
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import _pertensor_reference as ref
 import numpy as np
 import pytest
+from _goldens import CASES, array
 
 import distopt
 from distopt import optimizers
 from distopt.optimizers import Adafactor, Lamb, Muon, ScheduleFreeAdamW
 
 RTOL = 1e-12
-GOLDENS = Path(__file__).parent / "data" / "keras_goldens.json"
 MINE = re.compile(
     r"^(adafactor|lamb|muon|schedule_free_adamw)\.|^observed\.variables_layout\.(adafactor|muon)$"
     r"|^optimizer\.gradient_accumulation_with_weigth_decay\.adafactor$"
@@ -25,13 +23,13 @@ MINE = re.compile(
 
 def _variables(values, dtype="float64", names=None):
     names = names or [None] * len(values)
-    return [distopt.Variable(v, name=n, dtype=dtype) for v, n in zip(values, names)]
+    return [distopt.Variable(v, name=n, dtype=dtype) for v, n in zip(values, names, strict=True)]
 
 
 def _train(opt, values, grads_per_step, dtype="float64", names=None):
     variables = _variables(values, dtype, names)
     for grads in grads_per_step:
-        opt.apply_gradients(zip(grads, variables))
+        opt.apply_gradients(zip(grads, variables, strict=True))
     return variables
 
 
@@ -142,7 +140,7 @@ def test_muon_matches_reference(kwargs):
         "weight_decay": kwargs.get("weight_decay", 0.004),
     }
     embeddings_to_adam = kwargs.get("exclude_embeddings", True)
-    for k, (name, var) in enumerate(zip(names, variables)):
+    for k, (name, var) in enumerate(zip(names, variables, strict=True)):
         adam_path = (
             var.ndim != 2 or name == "head_kernel" or (embeddings_to_adam and "embedding" in name)
         )
@@ -199,16 +197,7 @@ def test_schedule_free_adamw_weight_decay_acts_through_the_recovered_average():
 
 # -- Keras goldens --------------------------------------------------------------------------------
 def _goldens():
-    cases = json.loads(GOLDENS.read_text())["cases"]
-    return [c for c in cases if MINE.search(c["id"])]
-
-
-def _num(x):
-    if isinstance(x, str):
-        return float(x)
-    if isinstance(x, list):
-        return [_num(y) for y in x]
-    return x
+    return [c for c in CASES if MINE.search(c["id"])]
 
 
 def _make(spec):
@@ -219,7 +208,9 @@ def _make(spec):
 def _close(actual, expected, case, tol=None):
     tol = tol or {}
     rtol, atol = tol.get("rtol", case["rtol"]), tol.get("atol", case["atol"])
-    np.testing.assert_allclose(np.asarray(actual, np.float64), _num(expected), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), array(expected, "float64"), rtol=rtol, atol=atol
+    )
 
 
 def _run_update(case):
@@ -240,12 +231,12 @@ def _run_update(case):
 
 def _run_scenario(case):
     variables = {
-        k: distopt.Variable(np.asarray(_num(s["init"]), np.float32), name=s.get("name"))
+        k: distopt.Variable(array(s["init"]), name=s.get("name"))
         for k, s in case["variables"].items()
     }
     opts = {k: _make(s) for k, s in case["optimizers"].items()}
-    grads = {k: np.asarray(_num(g), np.float32) for k, g in case["grads"].items()}
-    for action, expected in zip(case["script"], case["expected"]):
+    grads = {k: array(g) for k, g in case["grads"].items()}
+    for action, expected in zip(case["script"], case["expected"], strict=True):
         opt = opts[action["optimizer"]]
         op = action["op"]
         if op == "apply_gradients":
@@ -351,7 +342,7 @@ def test_adafactor_layout_with_overwrite_variables():
 def test_muon_routing_and_layout_follow_paths():
     names = ["dense_kernel", "word_embedding", "out_kernel", "conv_kernel"]
     shapes = [(3, 2), (4, 2), (2, 2), (2, 2, 3)]
-    variables = [distopt.Variable(np.zeros(s), name=n) for n, s in zip(names, shapes)]
+    variables = [distopt.Variable(np.zeros(s), name=n) for n, s in zip(names, shapes, strict=True)]
     opt = Muon(exclude_layers=["out_"], name="mu")
     opt.build(variables)
     assert [opt._should_use_adamw(v) for v in variables] == [False, True, True, True]
@@ -375,7 +366,7 @@ def test_dtype_is_kept_and_float32_tracks_float64(cls, dtype):
     values, grads = _random_problem(rng, shapes, steps=4)
     low = _train(cls(learning_rate=0.01), values, grads, dtype=dtype)
     high = _train(cls(learning_rate=0.01), values, grads, dtype="float64")
-    for lo, hi in zip(low, high):
+    for lo, hi in zip(low, high, strict=True):
         assert lo.dtype == np.dtype(dtype)
         tol = 2e-5 if dtype == "float32" else 5e-2
         np.testing.assert_allclose(lo.value, hi.value, rtol=tol, atol=tol)
@@ -385,7 +376,9 @@ def test_dtype_is_kept_and_float32_tracks_float64(cls, dtype):
 def test_slots_keep_the_variable_dtype(cls):
     variables = _variables([np.ones((2, 3)), np.ones(3)], dtype="float64")
     opt = cls()
-    opt.apply_gradients(zip([np.ones((2, 3), np.float32), np.ones(3, np.float32)], variables))
+    opt.apply_gradients(
+        zip([np.ones((2, 3), np.float32), np.ones(3, np.float32)], variables, strict=True)
+    )
     for v in opt.variables[2:]:
         assert v.dtype in (np.dtype("float64"), np.dtype("int32")), v.path
 
@@ -449,11 +442,11 @@ def test_bad_hyperparameters_raise_before_anything_is_created(cls, kwargs, text)
 def test_a_raising_call_changes_nothing(cls):
     variables = _variables([np.ones((2, 2)), np.ones(3)])
     opt = cls(learning_rate=0.1)
-    opt.apply_gradients(zip([np.ones((2, 2)), np.ones(3)], variables))
+    opt.apply_gradients(zip([np.ones((2, 2)), np.ones(3)], variables, strict=True))
     before = [v.numpy() for v in opt.variables + variables]
     with pytest.raises(ValueError, match="has shape"):
-        opt.apply_gradients(zip([np.ones((2, 2)), np.ones(4)], variables))
-    for v, b in zip(opt.variables + variables, before):
+        opt.apply_gradients(zip([np.ones((2, 2)), np.ones(4)], variables, strict=True))
+    for v, b in zip(opt.variables + variables, before, strict=True):
         np.testing.assert_array_equal(v.value, b)
 
 
@@ -509,9 +502,9 @@ def test_saved_state_continues_the_identical_trajectory(cls, kwargs):
     restored.build(fresh)
     restored.load_own_variables(store)
     for step in grads[3:]:
-        opt.apply_gradients(zip(step, variables))
-        restored.apply_gradients(zip(step, fresh))
-    for a, b in zip(variables + opt.variables, fresh + restored.variables):
+        opt.apply_gradients(zip(step, variables, strict=True))
+        restored.apply_gradients(zip(step, fresh, strict=True))
+    for a, b in zip(variables + opt.variables, fresh + restored.variables, strict=True):
         np.testing.assert_array_equal(a.value, b.value)
 
 
@@ -527,11 +520,11 @@ def test_lamb_whole_arena_and_per_tensor_paths_agree():
     direct_opt.build(direct)
     for step in grads:
         with pytest.warns(UserWarning, match="Gradients do not exist"):
-            subset_opt.apply_gradients(zip(step + [None], subset))
-        for g, v in zip(step, direct):
+            subset_opt.apply_gradients(zip(step + [None], subset, strict=True))
+        for g, v in zip(step, direct, strict=True):
             direct_opt.update_step(g, v, float(np.float32(0.1)))
         direct_opt._iterations.assign(direct_opt._iterations.value + 1)
-    for a, b, c in zip(whole, subset, direct):
+    for a, b, c in zip(whole, subset, direct, strict=False):  # subset has one extra
         np.testing.assert_array_equal(a.value, b.value)
         np.testing.assert_array_equal(a.value, c.value)
 
@@ -548,7 +541,7 @@ def test_numba_and_numpy_engines_give_the_same_bits(cls, dtype):
     for name in ("numpy", "numba"):
         with _engine.use_engine(name):
             results.append(_train(cls(learning_rate=0.01), values, grads, dtype=dtype))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(a.value, b.value)
 
 
@@ -595,8 +588,8 @@ def test_ranks_agree_with_one_process_fed_the_summed_gradient(cls, kwargs, comm_
         variables = _variables(values, names=["s", "b", "k"])
         opt = cls(learning_rate=0.05, **kwargs)
     for shard in shards:
-        strategy.run(opt.apply_gradients, args=(list(zip(shard[rank], variables)),))
-    for got, expected in zip(variables, single):
+        strategy.run(opt.apply_gradients, args=(list(zip(shard[rank], variables, strict=True)),))
+    for got, expected in zip(variables, single, strict=True):
         np.testing.assert_allclose(got.value, expected.value, rtol=RTOL, atol=1e-15)
         everyone = comm_world.allgather(got.numpy())
         assert all(np.array_equal(everyone[0], other) for other in everyone)
@@ -619,9 +612,9 @@ def test_schedule_free_adamw_under_zero1_sharding_gives_the_same_bits(comm_world
             variables = _variables(values, dtype="float32")
             opt = ScheduleFreeAdamW(learning_rate=0.1, warmup_steps=2)
         for step in grads:
-            strategy.run(lambda s=step: opt.apply_gradients(zip(s, variables)))
+            strategy.run(opt.apply_gradients, args=(list(zip(step, variables, strict=True)),))
         results.append([v.numpy() for v in variables])
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         assert a.tobytes() == b.tobytes()
     everyone = comm_world.allgather(b"".join(a.tobytes() for a in results[1]))
     assert len(set(everyone)) == 1

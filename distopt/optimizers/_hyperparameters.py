@@ -21,3 +21,11 @@ def check_float(name: str, value, low=None, high=None, low_open=False) -> None:
         else:
             what = f"in {left}{low}, {high}]"
         raise ValueError(f"Argument `{name}` must be a float {what}. Received: {name}={value}")
+
+
+def check_int(name: str, value, low: int) -> None:
+    """An int (not a bool) >= `low`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(
+            f"Argument `{name}` must be an integer >= {low}. Received: {name}={value!r}"
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._moments import adam_coefficients, check_moment_arguments
 
 
 def _adam_kernel(w, g, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
@@ -36,10 +36,8 @@ class Adam(Optimizer):
         amsgrad=False,
         **kwargs,
     ):
+        check_moment_arguments(beta_1, beta_2, epsilon)
         super().__init__(learning_rate=learning_rate, **kwargs)
-        check_float("beta_1", beta_1, 0, 1)
-        check_float("beta_2", beta_2, 0, 1)
-        check_float("epsilon", epsilon, 0)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
@@ -64,10 +62,7 @@ class Adam(Optimizer):
     def _coefficients(self, lr, dtype):
         c = np.dtype(dtype).type
         step = c(self._step_count() + 1)
-        beta_1_power = np.power(c(self.beta_1), step)
-        beta_2_power = np.power(c(self.beta_2), step)
-        alpha = c(lr) * np.sqrt(c(1) - beta_2_power) / (c(1) - beta_1_power)
-        return alpha, c(1 - self.beta_1), c(1 - self.beta_2), c(self.epsilon)
+        return adam_coefficients(lr, self.beta_1, self.beta_2, self.epsilon, step, c)
 
     def get_config(self):
         return {

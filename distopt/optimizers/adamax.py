@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._moments import bias_correction, check_moment_arguments
 
 
 def _adamax_kernel(w, g, m, u, lr, one_minus_beta_1, beta_2, epsilon, one_minus_beta_1_power):
@@ -19,9 +19,7 @@ class Adamax(Optimizer):
     w -= lr*m / ((1 - beta_1^t)(u + epsilon))`."""
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
-        check_float("beta_1", beta_1, 0, 1)
-        check_float("beta_2", beta_2, 0, 1)
-        check_float("epsilon", epsilon, 0)
+        check_moment_arguments(beta_1, beta_2, epsilon)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
@@ -37,10 +35,8 @@ class Adamax(Optimizer):
 
     def _coefficients(self, lr, dtype):
         c = np.dtype(dtype).type
-        beta_1_power = np.power(c(self.beta_1), c(self._step_count() + 1))
-        return (
-            c(lr), c(1 - self.beta_1), c(self.beta_2), c(self.epsilon), c(1) - beta_1_power,
-        )  # fmt: skip
+        bias_correction_1 = bias_correction(self.beta_1, c(self._step_count() + 1), c)
+        return c(lr), c(1 - self.beta_1), c(self.beta_2), c(self.epsilon), bias_correction_1
 
     def get_config(self):
         return {

@@ -6,7 +6,7 @@ import numpy as np
 
 from distopt.optimizers import _engine
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._moments import bias_correction, check_moment_arguments
 
 
 def _direction_kernel(
@@ -27,9 +27,7 @@ class Lamb(Optimizer):
     """
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
-        check_float("beta_1", beta_1, 0, 1)
-        check_float("beta_2", beta_2, 0, 1)
-        check_float("epsilon", epsilon, 0)
+        check_moment_arguments(beta_1, beta_2, epsilon)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
@@ -50,8 +48,8 @@ class Lamb(Optimizer):
         return (
             c(1 - self.beta_1),
             c(1 - self.beta_2),
-            c(1) - np.power(c(self.beta_1), step),
-            c(1) - np.power(c(self.beta_2), step),
+            bias_correction(self.beta_1, step, c),
+            bias_correction(self.beta_2, step, c),
             c(self.epsilon),
         )
 
@@ -93,11 +91,11 @@ class Lamb(Optimizer):
             slots = [self._slot_arenas[n][dt] for n in ("momentum", "velocity")]
             coefficients = self._direction_coefficients(dt)
             _engine.run_kernel(_direction_kernel, direction, flat_g, slots, coefficients)
-            for k, i in zip(in_step, members):
+            for k, i in zip(in_step, members, strict=True):
                 w = variables[k].value.reshape(-1)
                 self._trust_step(w, layout.view(direction, i).reshape(-1), lr)
                 done.add(k)
-        for k, (g, v) in enumerate(zip(grads, variables)):
+        for k, (g, v) in enumerate(zip(grads, variables, strict=True)):
             if k not in done:
                 self.update_step(g, v, lr)
 

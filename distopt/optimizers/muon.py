@@ -9,7 +9,9 @@ import numpy as np
 
 from distopt._variable import Variable
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._hyperparameters import check_float, check_int
+from distopt.optimizers._moments import adam_coefficients, check_moment_arguments
+from distopt.optimizers.adam import _adam_kernel
 
 
 class Muon(Optimizer):
@@ -46,15 +48,10 @@ class Muon(Optimizer):
                 "Argument `adam_weight_decay` must be a float or None. "
                 f"Received: adam_weight_decay={adam_weight_decay!r}"
             )
-        if not isinstance(ns_steps, int) or isinstance(ns_steps, bool) or ns_steps < 0:
-            raise ValueError(
-                f"Argument `ns_steps` must be an integer >= 0. Received: ns_steps={ns_steps!r}"
-            )
+        check_int("ns_steps", ns_steps, 0)
         if adam_weight_decay is not None:
             check_float("adam_weight_decay", adam_weight_decay, 0)
-        check_float("adam_beta_1", adam_beta_1, 0, 1)
-        check_float("adam_beta_2", adam_beta_2, 0, 1)
-        check_float("epsilon", epsilon, 0)
+        check_moment_arguments(adam_beta_1, adam_beta_2, epsilon, prefix="adam_")
         for name, value in (("muon_a", muon_a), ("muon_b", muon_b), ("muon_c", muon_c)):
             check_float(name, value)
         check_float("adam_lr_ratio", adam_lr_ratio, 0)
@@ -119,15 +116,12 @@ class Muon(Optimizer):
         w -= self.lr_adjust(dt(lr) * update)
 
     def _adamw_update_step(self, g, w, lr, m, v):
-        dt = w.dtype.type
-        one = dt(1)
-        step = dt(self._step_count() + 1)
-        beta_1_power = np.power(dt(self.adam_beta_1), step)
-        beta_2_power = np.power(dt(self.adam_beta_2), step)
-        alpha = dt(lr) * np.sqrt(one - beta_2_power) / (one - beta_1_power)
-        m += (g - m) * dt(1 - self.adam_beta_1)
-        v += (g * g - v) * dt(1 - self.adam_beta_2)
-        w -= (m * alpha) / (np.sqrt(v) + dt(self.epsilon))
+        c = w.dtype.type
+        step = c(self._step_count() + 1)
+        coefficients = adam_coefficients(
+            lr, self.adam_beta_1, self.adam_beta_2, self.epsilon, step, c
+        )
+        w[...], m[...], v[...] = _adam_kernel(w, g, m, v, *coefficients)
 
     def lr_adjust(self, x):
         """Scales a 2-D update by `sqrt(max(rows, cols)) * rms_rate` (identity if None)."""

@@ -6,7 +6,7 @@ import numpy as np
 
 from distopt import _naming
 from distopt.optimizers._base import Optimizer, _internal_variable
-from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._moments import bias_correction, check_moment_arguments
 
 
 def _nadam_kernel(
@@ -30,9 +30,7 @@ class Nadam(Optimizer):
     `m_hat = u_{t+1} m / (1 - prod u_{1..t+1}) + (1 - u_t) g / (1 - prod u_{1..t})`."""
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
-        check_float("beta_1", beta_1, 0, 1)
-        check_float("beta_2", beta_2, 0, 1)
-        check_float("epsilon", epsilon, 0)
+        check_moment_arguments(beta_1, beta_2, epsilon)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
@@ -69,7 +67,7 @@ class Nadam(Optimizer):
         product_next = product * u_next
         return (
             c(lr), c(1) - beta_1, c(1) - beta_2, u_next, c(1) - product_next, c(1) - u_t,
-            c(1) - product, c(1) - np.power(beta_2, c(t + 1)), c(self.epsilon),
+            c(1) - product, bias_correction(beta_2, c(t + 1), c), c(self.epsilon),
         )  # fmt: skip
 
     def get_config(self):

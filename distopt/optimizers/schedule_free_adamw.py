@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._hyperparameters import check_int
+from distopt.optimizers._moments import bias_correction, check_moment_arguments
 
 
 def _schedule_free_kernel(
@@ -36,14 +37,8 @@ class ScheduleFreeAdamW(Optimizer):
         warmup_steps=0,
         **kwargs,
     ):
-        check_float("beta_1", beta_1, 0, 1)
-        check_float("beta_2", beta_2, 0, 1)
-        check_float("epsilon", epsilon, 0)
-        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
-            raise ValueError(
-                "Argument `warmup_steps` must be an integer >= 0. "
-                f"Received: warmup_steps={warmup_steps!r}"
-            )
+        check_moment_arguments(beta_1, beta_2, epsilon)
+        check_int("warmup_steps", warmup_steps, 0)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
@@ -80,7 +75,7 @@ class ScheduleFreeAdamW(Optimizer):
         if self.warmup_steps > 0:
             lr = lr * np.minimum(step / c(self.warmup_steps), one)
         weight = one / step
-        bias_correction_2 = one - np.power(beta_2, step)
+        bias_correction_2 = bias_correction(beta_2, step, c)
         return (lr, one - beta_2, bias_correction_2, c(self.epsilon), beta_1, one - beta_1,
                 weight, one - weight)  # fmt: skip
 

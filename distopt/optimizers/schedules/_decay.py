@@ -17,13 +17,11 @@ from distopt.optimizers.schedules._base import (
 )
 
 
-class ExponentialDecay(LearningRateSchedule):
-    """`initial_learning_rate * decay_rate ** (step / decay_steps)` (floored if `staircase`)."""
+class _RateDecay(LearningRateSchedule):
+    """What `ExponentialDecay` and `InverseTimeDecay` share: their arguments, their config and
+    the decay progress `step / decay_steps` (floored if `staircase`)."""
 
-    def __init__(
-        self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
-        name="ExponentialDecay",
-    ):  # fmt: skip
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
         check_number("initial_learning_rate", initial_learning_rate)
         check_positive_steps("decay_steps", decay_steps)
         check_number("decay_rate", decay_rate)
@@ -33,13 +31,12 @@ class ExponentialDecay(LearningRateSchedule):
         self.staircase = staircase
         self.name = name
 
-    def __call__(self, step):
+    def _progress(self, step):
+        """The progress and the compute dtype's scalar type."""
         dtype = compute_dtype(self.initial_learning_rate)
         c = dtype.type
         p = as_step(step, dtype) / c(self.decay_steps)
-        if self.staircase:
-            p = np.floor(p)
-        return c(self.initial_learning_rate) * np.power(c(self.decay_rate), p)
+        return (np.floor(p) if self.staircase else p), c
 
     def get_config(self):
         return {
@@ -49,6 +46,20 @@ class ExponentialDecay(LearningRateSchedule):
             "staircase": self.staircase,
             "name": self.name,
         }
+
+
+class ExponentialDecay(_RateDecay):
+    """`initial_learning_rate * decay_rate ** (step / decay_steps)` (floored if `staircase`)."""
+
+    def __init__(
+        self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
+        name="ExponentialDecay",
+    ):  # fmt: skip
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
+
+    def __call__(self, step):
+        p, c = self._progress(step)
+        return c(self.initial_learning_rate) * np.power(c(self.decay_rate), p)
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -135,7 +146,7 @@ class PolynomialDecay(LearningRateSchedule):
         }
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_RateDecay):
     """`initial_learning_rate / (1 + decay_rate * step / decay_steps)` (floored if
     `staircase`)."""
 
@@ -143,28 +154,8 @@ class InverseTimeDecay(LearningRateSchedule):
         self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
         name="InverseTimeDecay",
     ):  # fmt: skip
-        check_number("initial_learning_rate", initial_learning_rate)
-        check_positive_steps("decay_steps", decay_steps)
-        check_number("decay_rate", decay_rate)
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = decay_steps
-        self.decay_rate = decay_rate
-        self.staircase = staircase
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step):
-        dtype = compute_dtype(self.initial_learning_rate)
-        c = dtype.type
-        p = as_step(step, dtype) / c(self.decay_steps)
-        if self.staircase:
-            p = np.floor(p)
+        p, c = self._progress(step)
         return c(self.initial_learning_rate) / (c(1) + c(self.decay_rate) * p)
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-            "name": self.name,
-        }
