@@ -132,3 +132,30 @@ def test_shared_memory_needs_mpi():
 
     with pytest.raises(ValueError, match="needs an MPI communicator"):
         _reducers.make_reducer(LocalCommunicator(), shared_memory=True)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_result_is_not_overwritten_while_a_slow_rank_still_reads_it(comm_world):
+    """Local rank 0's segment holds the sum; its next gradients must wait for every reader."""
+    import time
+
+    size, rank = comm_world.Get_size(), comm_world.Get_rank()
+    strategy = MPIStrategy(shared_memory=True)
+    with strategy.scope():
+        v = distopt.Variable(np.zeros(4096))
+        opt = distopt.optimizers.SGD(learning_rate=1.0)
+    if rank != 0:
+        original = opt._update_all
+
+        def slow(*args):
+            time.sleep(0.05)  # rank 0 races ahead to its next gradients meanwhile
+            return original(*args)
+
+        opt._update_all = slow
+    (buf,) = strategy.gradient_buffers([v])
+    expected = np.zeros(4096, np.float32)
+    for step in range(4):
+        buf[...] = (rank + 1) * (step + 1)
+        strategy.run(lambda: opt.apply_gradients([(buf, v)]))
+        expected -= np.float32(size * (size + 1) / 2 * (step + 1))
+    np.testing.assert_array_equal(v.numpy(), expected)

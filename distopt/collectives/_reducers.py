@@ -35,11 +35,15 @@ class PieceReducer:
         """A plan in fresh numpy buffers. Local: no communication."""
         return BucketPlan(shapes, dtypes, bucket_bytes)
 
-    def allreduce(self, plan: BucketPlan, mean: bool) -> list[np.ndarray]:
-        """SUM (or MEAN) of every rank's plan, in place; returns `plan.views`.
+    def allreduce(self, plan: BucketPlan, mean: bool, grads=None) -> list[np.ndarray]:
+        """Packs `grads` (if given) into `plan`, then SUM (or MEAN) of every rank's plan, in
+        place; returns `plan.views`.
 
         Collective: call on all ranks, in the same order, with identical plans.
         """
+        if grads is not None:
+            with _timeline.span("pack"):
+                plan.pack(grads)
         size = self.communicator.size
         with _timeline.span("reduce"):
             for dt, start, stop in plan.buckets:
@@ -52,6 +56,9 @@ class PieceReducer:
                 for buf in plan.buffers.values():
                     np.divide(buf, size, out=buf)
         return list(plan.views)
+
+    def release(self) -> None:
+        """Nothing to do: every rank reduces into its own memory."""
 
     def close(self) -> None:
         return None

@@ -2,9 +2,15 @@
 
 Every rank's gradient buckets live in its segment of a shared window, so a gradient computed
 into `strategy.gradient_buffers(...)` is visible to the other ranks of its node without a
-message or a copy. Reduction: each local rank sums its 1/L share of the buffers over the L
-segments, always in local-rank order, into a node-wide result buffer (also shared); node
-leaders then all-reduce the result across nodes. The optimizer reads the result in place.
+message or a copy. Reduction: each local rank adds, for its 1/L share of the buffers, the
+segments of local ranks 1..L-1 in that order into local rank 0's segment, in place (an
+in-place add moves a third less memory than writing a separate result); node leaders then
+all-reduce local rank 0's segment across nodes. Every rank's optimizer reads that segment.
+
+Because the result overwrites local rank 0's gradients, local rank 0 must not write its
+next gradients before every rank has read this result: `release()` (called by the optimizer
+once the update has consumed the gradients) is a node barrier, and a reduction that finds
+the previous one unreleased passes that barrier before packing.
 """
 
 from __future__ import annotations
@@ -66,10 +72,7 @@ class _SharedPlan:
             offsets[dt] = nbytes
             nbytes += -(-(n * dt.itemsize) // _ALIGN) * _ALIGN
         node = groups.node
-        self.windows = [
-            MPI.Win.Allocate_shared(nbytes, 1, comm=node),
-            MPI.Win.Allocate_shared(nbytes if groups.local_rank == 0 else 0, 1, comm=node),
-        ]
+        self.windows = [MPI.Win.Allocate_shared(nbytes, 1, comm=node)]
         for win in self.windows:
             win.Lock_all(MPI.MODE_NOCHECK)
 
@@ -81,7 +84,7 @@ class _SharedPlan:
             }
 
         self.segments = [arrays(self.windows[0], r) for r in range(groups.local_size)]
-        self.result = arrays(self.windows[1], 0)
+        self.result = self.segments[0]
         for buf in self.segments[groups.local_rank].values():
             buf[...] = 0
         self.totals = totals
@@ -105,6 +108,7 @@ class SharedMemoryReducer:
         self.compression = compression
         self.groups = groups or NodeGroups(communicator.mpi_comm)
         self._shared: dict[int, _SharedPlan] = {}
+        self._outstanding = False  # a result not yet released by every rank
 
     def make_plan(self, shapes, dtypes, bucket_bytes: int) -> BucketPlan:
         """A plan whose buffers are this rank's segment of a new shared window.
@@ -124,13 +128,27 @@ class SharedMemoryReducer:
         for win in shared.windows:
             win.Sync()
 
-    def allreduce(self, plan: BucketPlan, mean: bool) -> list[np.ndarray]:
-        """SUM (or MEAN) over all ranks; returns views of the node's shared result.
+    def release(self) -> None:
+        """Every rank has read the last result: local rank 0 may write gradients again.
 
-        The views are read-only by convention and valid until the next reduction of any plan.
-        Collective: call on all ranks, in the same order, with identical plans.
+        Collective: call on all ranks, in the same order (a no-op when nothing is pending).
+        """
+        if self._outstanding:
+            self._outstanding = False
+            self.groups.node.Barrier()
+
+    def allreduce(self, plan: BucketPlan, mean: bool, grads=None) -> list[np.ndarray]:
+        """Packs `grads` (if given) into `plan`, then SUM (or MEAN) over all ranks; returns
+        views of the node's result (local rank 0's segment).
+
+        The views are read-only by convention and valid until `release()` or the next
+        reduction. Collective: call on all ranks, in the same order, with identical plans.
         """
         shared = self._shared[id(plan)]
+        self.release()
+        if grads is not None:
+            with _timeline.span("pack"):
+                plan.pack(grads)
         groups = self.groups
         size = self.communicator.size
         divide_here = mean and groups.num_nodes == 1
@@ -142,11 +160,7 @@ class SharedMemoryReducer:
                 out = shared.result[dt]
                 for a in range(lo, hi, _CHUNK):
                     b = min(a + _CHUNK, hi)
-                    if len(segments) == 1:  # a node with a single rank
-                        np.copyto(out[a:b], segments[0][a:b])
-                    else:
-                        np.add(segments[0][a:b], segments[1][a:b], out=out[a:b])
-                    for seg in segments[2:]:
+                    for seg in segments[1:]:
                         np.add(out[a:b], seg[a:b], out=out[a:b])
                     if divide_here:
                         np.divide(out[a:b], size, out=out[a:b])
@@ -155,6 +169,7 @@ class SharedMemoryReducer:
                 if groups.local_rank == 0:
                     self._across_nodes(shared, mean, size)
                 self._sync(shared)
+        self._outstanding = groups.local_size > 1
         return list(shared.result_plan.views)
 
     def _across_nodes(self, shared: _SharedPlan, mean: bool, size: int) -> None:

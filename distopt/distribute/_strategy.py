@@ -210,11 +210,16 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
             if plan is None:
                 plan = self._new_plan(key, variables)
                 safety.remember(plan, signature)
-            with _timeline.span("pack"):
-                plan.pack(grads)
-            return self._reducer.allreduce(plan, self._gradient_reduce_op is ReduceOp.MEAN)
+            return self._reducer.allreduce(plan, self._gradient_reduce_op is ReduceOp.MEAN, grads)
         finally:
             safety.end()
+
+    def _release_gradients(self) -> None:
+        """The gradients `_reduce_gradients` returned have been consumed (by every rank).
+
+        Collective: call on all ranks, in the same order, after each reduction's consumer.
+        """
+        self._reducer.release()
 
     @property
     def _reducer(self):

@@ -359,6 +359,8 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
                 else:
                     grads = self._cast(self._unscale(grads), variables)
                 self._update(grads, variables)
+            if reduce is not None:
+                strategy._release_gradients()  # the reduced buffers may be written again
             if self.use_ema:
                 self._update_moving_averages()
             self._apply_constraints(variables)

@@ -154,6 +154,7 @@ class LossScaleOptimizer(Optimizer):
         else:
             finite = _all_finite(grads)
         if not finite:
+            strategy._release_gradients()
             self.step_counter.value[...] = 0
             self.dynamic_scale.value[...] *= np.float32(0.5)
             return
@@ -162,6 +163,7 @@ class LossScaleOptimizer(Optimizer):
             g if g is None or v.overwrite_with_gradient else g / scale
             for g, v in zip(grads, variables)
         ]
+        strategy._release_gradients()  # `unscaled` no longer reads the reduced buffers
         inner._apply(unscaled, variables, inner_aggregate)
         if int(self.step_counter.value) == self.dynamic_growth_steps - 1:
             self.step_counter.value[...] = 0
