@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from distopt._variable import Variable, _VariableCreationHook
-from distopt.collectives import BucketPlan, _timeline
+from distopt.collectives import BucketPlan
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
 from distopt.collectives._reducers import PieceReducer
 from distopt.comm import Communicator, LocalCommunicator

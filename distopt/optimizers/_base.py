@@ -386,7 +386,6 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
             return
         layout = self._layout
         for dt, in_step, in_place in layout.step_groups(variables):
-            params = layout.params[dt]
             if not in_place:
                 if layout.sharding is not None:
                     raise ValueError(
