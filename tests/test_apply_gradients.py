@@ -188,3 +188,30 @@ def test_no_warning_in_the_common_path():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Adam().apply_gradients([(np.ones((3, 2)), v)])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Adam(0.01, amsgrad=True, name="mine"),
+        lambda: SGD(0.1, momentum=0.5, clipnorm=1.0),
+        lambda: distopt.optimizers.LossScaleOptimizer(Adam(0.01)),
+    ],
+)
+def test_unbuilt_optimizers_pickle_as_their_config(make):
+    import pickle
+
+    opt = make()
+    clone = pickle.loads(pickle.dumps(opt))
+    assert type(clone) is type(opt) and clone.get_config() == opt.get_config()
+
+
+def test_pickling_a_built_optimizer_is_a_clear_error():
+    import pickle
+
+    opt = Adam()
+    opt.build([distopt.Variable([1.0])])
+    before = [v.numpy() for v in opt.variables]
+    with pytest.raises(TypeError, match=r"A built Adam cannot be pickled.*save_own_variables"):
+        pickle.dumps(opt)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, opt.variables, strict=True))

@@ -487,6 +487,21 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name}>"
 
+    def __reduce_ex__(self, protocol):
+        """An unbuilt optimizer pickles as its config (as Keras's); a built one refuses."""
+        if self.built:
+            # Its slots are views into arenas laid out for the model's variables: a pickle
+            # would copy each view separately and silently cut it off its arena.
+            raise TypeError(
+                f"A built {type(self).__name__} cannot be pickled: its state belongs to the "
+                "variables it was built with. Save `serialize(optimizer)` and "
+                "`save_own_variables(store)`; restore with `deserialize`, `build(variables)` and "
+                "`load_own_variables(store)`."
+            )
+        from distopt.optimizers._registry import deserialize, serialize
+
+        return deserialize, (serialize(self),)
+
 
 def _fill_value(initializer):
     if initializer == "zeros":
