@@ -149,6 +149,8 @@ def _loop(key):
     loop = _loops.get(key, False)
     if loop is False and not _program(key).tape.exact:
         loop = _loops[key] = None  # e.g. np.power: numpy's SIMD and libm round differently
+    if loop is False and key[2] == np.float16:
+        loop = _loops[key] = None  # numba has no float16 arithmetic: numpy is the engine
     if loop is False:
         try:
             from distopt.optimizers._kernel_numba import Loop
