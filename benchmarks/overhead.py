@@ -10,6 +10,7 @@ work per step (validation, aggregation bookkeeping, the update dispatch).
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 from _common import Table, emit, median_ms, use_clock, world
@@ -70,6 +71,18 @@ def main():
         if strategy is not None:
             us = _one(name, strategy, comm, args.repeats, True)
             table.add(f"{name}: microseconds per step", us, 300.0, "gradients in gradient_buffers")
+    # What this machine does to 200 us of pure Python work plus one barrier, in the same job:
+    # on a shared, oversubscribed machine the difference is CPU time lost to other processes.
+    def calibration():
+        t = time.perf_counter()
+        while time.perf_counter() - t < 200e-6:
+            pass
+        if comm is not None:
+            comm.Barrier()
+
+    us = median_ms(calibration, args.repeats, comm=comm) * 1e3
+    what = "200 us busy loop" + (" + one barrier" if comm is not None else "")
+    table.add(f"calibration: {what}", us, 300.0, "no distopt: the machine's own cost")
     if rank == 0:
         emit([table], "Python overhead per step (medians; 'median ms' column is microseconds)")
 

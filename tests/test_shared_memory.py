@@ -54,8 +54,12 @@ def test_sum_is_exact_and_identical_on_every_rank(comm_world, ranks_per_node):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("in_place_bytes", [0, 1 << 40])
 @pytest.mark.parametrize("ranks_per_node", [None, 2])
-def test_same_bits_run_after_run_and_mean(comm_world, ranks_per_node):
+def test_same_bits_run_after_run_and_mean(comm_world, ranks_per_node, in_place_bytes, monkeypatch):
+    from distopt.collectives import _shm
+
+    monkeypatch.setattr(_shm, "IN_PLACE_BYTES", in_place_bytes)
     size = comm_world.Get_size()
     comm = _communicator()
     reducer = _reducers.make_reducer(comm, shared_memory=True, _ranks_per_node=ranks_per_node)
@@ -135,10 +139,17 @@ def test_shared_memory_needs_mpi():
 
 
 @pytest.mark.mpi(min_size=2)
-def test_result_is_not_overwritten_while_a_slow_rank_still_reads_it(comm_world):
-    """Local rank 0's segment holds the sum; its next gradients must wait for every reader."""
+@pytest.mark.parametrize("in_place_bytes", [0, 1 << 40])
+def test_result_is_not_overwritten_while_a_slow_rank_still_reads_it(
+    comm_world, monkeypatch, in_place_bytes
+):
+    """In place, local rank 0's segment holds the sum: its next gradients wait for every
+    reader. Small plans sum into a separate result (same bits, no wait needed)."""
     import time
 
+    from distopt.collectives import _shm
+
+    monkeypatch.setattr(_shm, "IN_PLACE_BYTES", in_place_bytes)
     size, rank = comm_world.Get_size(), comm_world.Get_rank()
     strategy = MPIStrategy(shared_memory=True)
     with strategy.scope():

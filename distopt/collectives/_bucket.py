@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 DEFAULT_BUCKET_BYTES = 25 << 20
+_SELF_CHECK_BYTES = 1 << 16
 
 
 def dtype_totals(shapes, dtypes) -> dict[np.dtype, int]:
@@ -89,7 +90,19 @@ class BucketPlan:
 
     def is_view(self, i: int, array: np.ndarray) -> bool:
         """True when `array` is tensor i's own view (a gradient computed in place)."""
-        v = self.views[i]
+        return self.is_view_of(self.views[i], array)
+
+    def pack(self, arrays: Sequence[np.ndarray]) -> None:
+        """Copies each array into its view, skipping those that already are the view."""
+        for v, a in zip(self.views, arrays):
+            # The zero-copy case passes the views themselves; a small copy is cheaper than
+            # proving that another array object shares the view's memory.
+            if a is v or (a.nbytes >= _SELF_CHECK_BYTES and self.is_view_of(v, a)):
+                continue
+            np.copyto(v, a, casting="same_kind")
+
+    @staticmethod
+    def is_view_of(v: np.ndarray, array) -> bool:
         return (
             isinstance(array, np.ndarray)
             and array.dtype == v.dtype
@@ -97,9 +110,3 @@ class BucketPlan:
             and (v.size == 0 or _data_pointer(array) == _data_pointer(v))
             and array.flags.c_contiguous
         )
-
-    def pack(self, arrays: Sequence[np.ndarray]) -> None:
-        """Copies each array into its view, skipping those that already are the view."""
-        for i, a in enumerate(arrays):
-            if not self.is_view(i, a):
-                np.copyto(self.views[i], a, casting="same_kind")

@@ -50,8 +50,27 @@ def _root(a: np.ndarray) -> np.ndarray:
     return a
 
 
+_spans: dict[tuple, tuple] = {}
+
+
 def flat_span(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
-    """A 1-D view covering `arrays` if they lie back to back in one buffer, in order; else None."""
+    """A 1-D view covering `arrays` if they lie back to back in one buffer, in order; else None.
+
+    Remembered for the last few lists of the same array objects (a strategy hands out the
+    same reduced views every step), so the steady state costs no pointer arithmetic.
+    """
+    key = tuple(map(id, arrays))
+    hit = _spans.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], arrays)):
+        return hit[1]
+    span = _flat_span(arrays)
+    if len(_spans) >= 16:
+        _spans.clear()
+    _spans[key] = (tuple(arrays), span)  # holds the arrays: their ids cannot be reused
+    return span
+
+
+def _flat_span(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     if not arrays:
         return None
     first = arrays[0]
