@@ -7,10 +7,11 @@ import warnings
 import numpy as np
 
 from distopt import _naming
-from distopt._variable import Variable, _VariableCreationHook
+from distopt._variable import Variable
 from distopt.collectives import _timeline
 from distopt.distribute import _context
-from distopt.optimizers import _engine, _state, _transforms
+from distopt.optimizers import _engine, _slots, _state, _transforms
+from distopt.optimizers._slots import _internal_variable
 from distopt.optimizers._validation import check_gradients, unzip_pairs
 from distopt.optimizers.schedules import LearningRateSchedule
 
@@ -21,15 +22,7 @@ _CROSS_REPLICA_MESSAGE = (
 )
 
 
-def _internal_variable(value, name, path, dtype) -> Variable:
-    # Optimizer state is identical on every rank by construction: no strategy broadcast.
-    with _VariableCreationHook(lambda v: None):
-        var = Variable(value, name=name, trainable=False, dtype=dtype)
-    var._path = path
-    return var
-
-
-class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
+class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixin):
     """Base class of every optimizer (Keras 3's `keras.optimizers.Optimizer`).
 
     Subclasses call `super().__init__(learning_rate, ...)`, create slots in `build()` with
@@ -58,7 +51,9 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
         object.__setattr__(self, "_base_initialized", True)
         decay = kwargs.pop("decay", None)
         if decay is not None:
-            warnings.warn("Argument `decay` is no longer supported and will be ignored.")
+            warnings.warn(
+                "Argument `decay` is no longer supported and will be ignored.", stacklevel=2
+            )
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {kwargs}")
         self._check_base_arguments(
@@ -88,7 +83,9 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
         self._exclude_ids: set[int] = set()
         self._exclude_pattern = None
         self._strategy = None if not _context.has_strategy() else _context.get_strategy()
-        self._iterations = self._track(_internal_variable(0, "iteration", f"{self.name}/iteration", "int32"))
+        self._iterations = self._track(
+            _internal_variable(0, "iteration", f"{self.name}/iteration", "int32")
+        )
         self._learning_rate = self._make_learning_rate(learning_rate)
 
     def __setattr__(self, name, value):
@@ -164,7 +161,7 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
 
     @property
     def iterations(self):
-        """Completed update steps: the counter variable, or `_iterations // N` under accumulation."""
+        """Completed updates: the counter variable, or `_iterations // N` under accumulation."""
         if self.gradient_accumulation_steps:
             return np.int32(self._iteration_count() // self.gradient_accumulation_steps)
         return self._iterations
@@ -174,59 +171,11 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
 
     def _step_count(self) -> int:
         """Completed real updates (the `iterations` property as an int)."""
-        return int(np.asarray(self.iterations if self.gradient_accumulation_steps else self._iterations.value))
-
-    def add_variable(self, shape, initializer="zeros", dtype=None, aggregation="none", layout=None, name=None):
-        """Creates and tracks a non-trainable optimizer variable (`dtype=None` is float32)."""
-        name = name or "variable"
-        dt = np.dtype(dtype or "float32")
-        value = _initial_value(initializer, tuple(shape), dt)
-        return self._track(_internal_variable(value, name, f"{self.name}/{name}", dt))
-
-    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
-        """A tracked variable shaped like `reference_variable`, named `{path}_{name}`."""
-        ref = reference_variable
-        full = f"{ref.path.replace('/', '_')}_{name or 'var'}"
-        value = _initial_value(initializer, ref.shape, ref.dtype)
-        return self._track(_internal_variable(value, full, f"{self.name}/{full}", ref.dtype))
-
-    def add_optimizer_variables(self, trainable_variables, name, initializer="zeros"):
-        """Slots in the flat arenas, interleaved per variable; None for overwrite variables.
-
-        Returns a list (one name) or a tuple of lists (a list of names).
-        """
-        names = [name] if isinstance(name, str) else list(name)
-        inits = initializer if isinstance(initializer, (list, tuple)) else [initializer] * len(names)
-        if len(inits) != len(names):
-            raise ValueError(
-                "The number of provided names must match the number of provided initializers. "
-                f" Received name='{name}', initializer='{initializer}'"
+        return int(
+            np.asarray(
+                self.iterations if self.gradient_accumulation_steps else self._iterations.value
             )
-        layout = self._layout
-        for n, init in zip(names, inits):
-            if n not in self._slot_arenas and not callable(init):
-                self._slot_arenas[n] = {
-                    dt: layout.new_arena(dt, _fill_value(init), n in self._kernel_slots)
-                    for dt in layout.totals
-                }
-        result = [[] for _ in names]
-        for var in trainable_variables:
-            i = layout.index.get(id(var))
-            for k, (n, init) in enumerate(zip(names, inits)):
-                if i is None:
-                    result[k].append(None)
-                    continue
-                full = f"{var.path.replace('/', '_')}_{n}"
-                slot = self._track(_internal_variable(0, full, f"{self.name}/{full}", var.dtype))
-                arena = self._slot_arenas.get(n, {}).get(var.dtype)
-                view = layout.view(arena, i) if arena is not None else np.empty_like(var.value)
-                if callable(init):
-                    view[...] = init(var.shape, var.dtype)
-                slot._value = view
-                result[k].append(slot)
-        for n, slots in zip(names, result):
-            self._slots[n] = slots
-        return result[0] if isinstance(name, str) else tuple(result)
+        )
 
     def build(self, variables):
         """Creates the optimizer state for `variables` (once; later calls do nothing)."""
@@ -242,7 +191,9 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
         movable = [v for v in variables if not v.overwrite_with_gradient]
         self._layout = _engine.ArenaLayout(movable, self, sharding)
         if self.use_ema:
-            self._model_variables_moving_average = self.add_optimizer_variables(variables, "average")
+            self._model_variables_moving_average = self.add_optimizer_variables(
+                variables, "average"
+            )
         if self.gradient_accumulation_steps:
             self._accumulated_gradients = [
                 self.add_variable_from_reference(v, "gradient_accumulator") for v in variables
@@ -250,7 +201,9 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
         self.built = True
 
     # -- applying gradients -------------------------------------------------------------------
-    def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs):
+    def apply_gradients(
+        self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs
+    ):
         """Applies (gradient, variable) pairs; returns the iterations variable.
 
         Inside `strategy.run` the gradients are SUM-all-reduced across replicas first (unless
@@ -422,101 +375,5 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin):
         w = variable.value.reshape(-1)
         _engine.run_kernel(self._kernel, w, g, slots, coeffs)
 
-    # -- configuration and state --------------------------------------------------------------
-    def get_config(self) -> dict:
-        lr = self._learning_rate
-        if isinstance(lr, LearningRateSchedule):
-            from distopt.optimizers.schedules import serialize as serialize_schedule
-
-            lr = serialize_schedule(lr)
-        elif isinstance(lr, Variable):
-            lr = float(lr.value)
-        return {
-            "name": self.name,
-            "learning_rate": lr,
-            "weight_decay": self.weight_decay,
-            "clipnorm": self.clipnorm,
-            "global_clipnorm": self.global_clipnorm,
-            "clipvalue": self.clipvalue,
-            "use_ema": self.use_ema,
-            "ema_momentum": self.ema_momentum,
-            "ema_overwrite_frequency": self.ema_overwrite_frequency,
-            "loss_scale_factor": self.loss_scale_factor,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        if isinstance(config.get("learning_rate"), dict):
-            from distopt.optimizers.schedules import deserialize as deserialize_schedule
-
-            config["learning_rate"] = deserialize_schedule(
-                config["learning_rate"], custom_objects=custom_objects
-            )
-        return cls(**config)
-
-    def save_own_variables(self, store) -> None:
-        """`store["0"], store["1"], ...` = the values of `variables`, in order."""
-        for i, v in enumerate(self.variables):
-            store[str(i)] = v.numpy()
-
-    def load_own_variables(self, store) -> None:
-        """Assigns `store[str(i)]` to `variables[i]` (Keras's warning if the counts differ)."""
-        variables = self.variables  # a wrapper's includes its inner optimizer's
-        if len(store.keys()) != len(variables):
-            msg = (
-                f"Skipping variable loading for optimizer '{self.name}', because it has "
-                f"{len(variables)} variables whereas the saved optimizer has "
-                f"{len(store.keys())} variables. "
-            )
-            if not variables or len(variables) <= 2 and not self.built:
-                msg += "This is likely because the optimizer has not been called/built yet."
-            warnings.warn(msg, stacklevel=2)
-            return
-        values = [np.asarray(store[str(i)]) for i in range(len(variables))]
-        for v, value in zip(variables, values):
-            if value.shape != v.shape:
-                raise ValueError(
-                    f"Optimizer variable {v.path} has shape {v.shape} not compatible with "
-                    f"provided weight shape {value.shape}."
-                )
-        for v, value in zip(variables, values):
-            v.assign(value)
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name}>"
-
-    def __reduce_ex__(self, protocol):
-        """An unbuilt optimizer pickles as its config (as Keras's); a built one refuses."""
-        if self.built:
-            # Its slots are views into arenas laid out for the model's variables: a pickle
-            # would copy each view separately and silently cut it off its arena.
-            raise TypeError(
-                f"A built {type(self).__name__} cannot be pickled: its state belongs to the "
-                "variables it was built with. Save `serialize(optimizer)` and "
-                "`save_own_variables(store)`; restore with `deserialize`, `build(variables)` and "
-                "`load_own_variables(store)`."
-            )
-        from distopt.optimizers._registry import deserialize, serialize
-
-        return deserialize, (serialize(self),)
-
-
-def _fill_value(initializer):
-    if initializer == "zeros":
-        return 0
-    if initializer == "ones":
-        return 1
-    if isinstance(initializer, (int, float)):
-        return initializer
-    raise ValueError(
-        "Argument `initializer` must be 'zeros', 'ones', a number or a callable "
-        f"`(shape, dtype) -> array`. Received: initializer={initializer!r}"
-    )
-
-
-def _initial_value(initializer, shape, dtype):
-    if callable(initializer):
-        return np.asarray(initializer(shape, dtype), dtype=dtype)
-    return np.full(shape, _fill_value(initializer), dtype=dtype)

@@ -1,8 +1,13 @@
-"""Whole-state operations of the base optimizer: `set_weights` and `stateless_apply`."""
+"""Whole-state operations of the base optimizer: config, saving, set_weights, stateless_apply."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+from distopt._variable import Variable
+from distopt.optimizers.schedules import LearningRateSchedule
 
 
 def _checked_values(targets, values, describe) -> list[np.ndarray]:
@@ -85,3 +90,79 @@ class StateMixin:
             for var, value in zip(own + model, saved):
                 var.assign(value)
         return new_model, new_own
+
+    def get_config(self) -> dict:
+        lr = self._learning_rate
+        if isinstance(lr, LearningRateSchedule):
+            from distopt.optimizers.schedules import serialize as serialize_schedule
+
+            lr = serialize_schedule(lr)
+        elif isinstance(lr, Variable):
+            lr = float(lr.value)
+        return {
+            "name": self.name,
+            "learning_rate": lr,
+            "weight_decay": self.weight_decay,
+            "clipnorm": self.clipnorm,
+            "global_clipnorm": self.global_clipnorm,
+            "clipvalue": self.clipvalue,
+            "use_ema": self.use_ema,
+            "ema_momentum": self.ema_momentum,
+            "ema_overwrite_frequency": self.ema_overwrite_frequency,
+            "loss_scale_factor": self.loss_scale_factor,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            from distopt.optimizers.schedules import deserialize as deserialize_schedule
+
+            config["learning_rate"] = deserialize_schedule(
+                config["learning_rate"], custom_objects=custom_objects
+            )
+        return cls(**config)
+
+    def save_own_variables(self, store) -> None:
+        """`store["0"], store["1"], ...` = the values of `variables`, in order."""
+        for i, v in enumerate(self.variables):
+            store[str(i)] = v.numpy()
+
+    def load_own_variables(self, store) -> None:
+        """Assigns `store[str(i)]` to `variables[i]` (Keras's warning if the counts differ)."""
+        variables = self.variables  # a wrapper's includes its inner optimizer's
+        if len(store.keys()) != len(variables):
+            msg = (
+                f"Skipping variable loading for optimizer '{self.name}', because it has "
+                f"{len(variables)} variables whereas the saved optimizer has "
+                f"{len(store.keys())} variables. "
+            )
+            if not variables or len(variables) <= 2 and not self.built:
+                msg += "This is likely because the optimizer has not been called/built yet."
+            warnings.warn(msg, stacklevel=2)
+            return
+        values = [np.asarray(store[str(i)]) for i in range(len(variables))]
+        for v, value in zip(variables, values):
+            if value.shape != v.shape:
+                raise ValueError(
+                    f"Optimizer variable {v.path} has shape {v.shape} not compatible with "
+                    f"provided weight shape {value.shape}."
+                )
+        for v, value in zip(variables, values):
+            v.assign(value)
+
+    def __reduce_ex__(self, protocol):
+        """An unbuilt optimizer pickles as its config (as Keras's); a built one refuses."""
+        if self.built:
+            # Its slots are views into arenas laid out for the model's variables: a pickle
+            # would copy each view separately and silently cut it off its arena.
+            raise TypeError(
+                f"A built {type(self).__name__} cannot be pickled: its state belongs to the "
+                "variables it was built with. Save `serialize(optimizer)` and "
+                "`save_own_variables(store)`; restore with `deserialize`, `build(variables)` and "
+                "`load_own_variables(store)`."
+            )
+        from distopt.optimizers._registry import deserialize, serialize
+
+        return deserialize, (serialize(self),)
