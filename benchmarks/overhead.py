@@ -71,6 +71,7 @@ def main():
         if strategy is not None:
             us = _one(name, strategy, comm, args.repeats, True)
             table.add(f"{name}: microseconds per step", us, 300.0, "gradients in gradient_buffers")
+
     # What this machine does to 200 us of pure Python work plus one barrier, in the same job:
     # on a shared, oversubscribed machine the difference is CPU time lost to other processes.
     def calibration():

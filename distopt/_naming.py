@@ -8,7 +8,7 @@ _counters: dict[str, int] = {}
 
 
 def to_snake_case(name: str) -> str:
-    """`AdamW` -> `adam_w`, `RMSprop` -> `rm_sprop`, `ScheduleFreeAdamW` -> `schedule_free_adam_w`."""
+    """Keras snake case: `AdamW` -> `adam_w`, `RMSprop` -> `rm_sprop`."""
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     name = re.sub(r"([a-z])([A-Z])", r"\1_\2", name)
     return name.lower()

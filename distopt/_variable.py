@@ -71,7 +71,7 @@ class Variable:
     ):
         if name is not None and (not isinstance(name, str) or "/" in name or not name):
             raise ValueError(
-                "Argument `name` must be a non-empty string without '/'. " f"Received: name={name!r}"
+                f"Argument `name` must be a non-empty string without '/'. Received: name={name!r}"
             )
         if constraint is not None and not callable(constraint):
             raise ValueError(

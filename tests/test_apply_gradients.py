@@ -74,7 +74,9 @@ def test_learning_rate_is_settable_and_configurable():
 def test_get_by_name_any_case(ident):
     opt = distopt.optimizers.get(ident)
     assert type(opt).__name__.lower() == ident.lower()
-    assert opt.get_config()["learning_rate"] == pytest.approx(0.001 if "a" in ident.lower() else 0.01)
+    assert opt.get_config()["learning_rate"] == pytest.approx(
+        0.001 if "a" in ident.lower() else 0.01
+    )
 
 
 def test_get_unknown_name():
@@ -178,7 +180,9 @@ def test_mirrored_state_outside_its_strategy_is_an_error():
     with strategy.scope():
         v = distopt.Variable([1.0])
     opt = SGD(0.1)
-    with pytest.raises(ValueError, match=r"created under the scope of .* updated under no strategy"):
+    with pytest.raises(
+        ValueError, match=r"created under the scope of .* updated under no strategy"
+    ):
         opt.apply_gradients([(np.ones(1), v)])
     assert float(v.value[0]) == 1.0 and not opt.built
 

@@ -274,7 +274,7 @@ def test_calls_raising_on_every_rank_change_nothing_and_keep_ranks_in_step(entry
     size = strategy.num_replicas_in_sync
     problem, variables, opt = _setup(entry, "plain", "float64", strategy)
     rank = strategy.communicator.rank
-    for stage in range(2):  # once on the unbuilt optimizer, once mid-training
+    for _stage in range(2):  # once on the unbuilt optimizer, once mid-training
         grads = problem.shard_grads(variables, rank, size, _loss_scale(opt))
         before = state(variables, opt)
         for kind, call, exc, regex, *needs_built in bad_calls(opt, variables, grads, strategy):

@@ -14,9 +14,26 @@ RUNNER = ["-m", "distopt.launch._runner"]
 
 
 def test_program_forms():
-    assert _program_argv(["train.py", "--x", "1"], None) == [sys.executable, *RUNNER, "train.py", "--x", "1"]
-    assert _program_argv(["--x"], "pkg.train") == [sys.executable, *RUNNER, "-m", "pkg.train", "--x"]
-    assert _program_argv(["python", "-c", "print(1)"], None) == [sys.executable, *RUNNER, "-c", "print(1)"]
+    assert _program_argv(["train.py", "--x", "1"], None) == [
+        sys.executable,
+        *RUNNER,
+        "train.py",
+        "--x",
+        "1",
+    ]
+    assert _program_argv(["--x"], "pkg.train") == [
+        sys.executable,
+        *RUNNER,
+        "-m",
+        "pkg.train",
+        "--x",
+    ]
+    assert _program_argv(["python", "-c", "print(1)"], None) == [
+        sys.executable,
+        *RUNNER,
+        "-c",
+        "print(1)",
+    ]
     assert _program_argv(["python3", "t.py"], None) == [sys.executable, *RUNNER, "t.py"]
     assert _program_argv(["hostname"], None) == ["hostname"]
 
@@ -44,7 +61,9 @@ def test_dry_run_prints_the_full_command():
 
 @pytest.mark.parametrize("form", [["python", "-c"], ["-m"]])
 def test_runs_each_form(form, tmp_path):
-    code = "from mpi4py import MPI; c = MPI.COMM_WORLD; print(f'rank {c.rank} of {c.size}\\n', end='')"
+    code = (
+        "from mpi4py import MPI; c = MPI.COMM_WORLD; print(f'rank {c.rank} of {c.size}\\n', end='')"
+    )
     if form == ["-m"]:
         (tmp_path / "hello_mod.py").write_text(code)
         out = run_distoptrun(3, "-m", "hello_mod", env={"PYTHONPATH": str(tmp_path)})

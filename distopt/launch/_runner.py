@@ -1,8 +1,8 @@
 """Per-rank entry point: runs a script, module or `-c` code; any failure aborts the job.
 
-    python -m distopt.launch._runner script.py [args]
-    python -m distopt.launch._runner -m module [args]
-    python -m distopt.launch._runner -c "code" [args]
+python -m distopt.launch._runner script.py [args]
+python -m distopt.launch._runner -m module [args]
+python -m distopt.launch._runner -c "code" [args]
 """
 
 from __future__ import annotations

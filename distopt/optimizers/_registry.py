@@ -52,8 +52,7 @@ def deserialize(config: dict, custom_objects=None) -> Optimizer:
     """Rebuilds an optimizer from `serialize`'s dict (class names are case-insensitive)."""
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(
-            "`deserialize` takes a dict with 'class_name' and 'config' keys. "
-            f"Received: {config!r}"
+            f"`deserialize` takes a dict with 'class_name' and 'config' keys. Received: {config!r}"
         )
     name = config["class_name"]
     custom = dict(custom_objects or {})

@@ -27,8 +27,7 @@ def as_gradient(g, var: Variable) -> np.ndarray:
         arr = np.asarray(g)
     except (TypeError, ValueError) as e:
         raise TypeError(
-            f"The gradient for variable `{var.path}` must be array-like. "
-            f"Received: {_describe(g)}"
+            f"The gradient for variable `{var.path}` must be array-like. Received: {_describe(g)}"
         ) from e
     if arr.dtype.kind not in "fiu":
         raise TypeError(
@@ -45,9 +44,7 @@ def as_gradient(g, var: Variable) -> np.ndarray:
 
 def unzip_pairs(grads_and_vars) -> tuple[list, list[Variable]]:
     """Materialises (gradient, variable) pairs; TypeError for malformed input."""
-    if isinstance(grads_and_vars, (str, bytes, dict)) or not isinstance(
-        grads_and_vars, Iterable
-    ):
+    if isinstance(grads_and_vars, (str, bytes, dict)) or not isinstance(grads_and_vars, Iterable):
         raise TypeError(
             "`grads_and_vars` must be an iterable of (gradient, variable) pairs, e.g. "
             f"`zip(grads, variables)`. Received: {_describe(grads_and_vars)}"
