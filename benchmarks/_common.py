@@ -102,3 +102,33 @@ def have_torch() -> bool:
     except ImportError:
         return False
     return True
+
+
+def chunked_adam_step(w, g, m, v, chunk: int = 1 << 18):
+    """The numpy baseline: Adam in place over flat float32 arrays, in cache-sized chunks.
+
+    Returns a zero-argument step function; `g` is read at each call (refill it in place).
+    """
+    f4 = np.float32
+    t = np.empty(chunk, f4)
+    b1, b2, omb1, omb2, alpha, eps = f4(0.9), f4(0.999), f4(0.1), f4(0.001), f4(1e-3), f4(1e-7)
+
+    def step():
+        for lo in range(0, w.size, chunk):
+            hi = lo + chunk
+            ws, gs, ms, vs = w[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+            ts = t[: ws.size]
+            ms *= b1
+            np.multiply(gs, omb1, out=ts)
+            ms += ts
+            vs *= b2
+            np.multiply(gs, gs, out=ts)
+            ts *= omb2
+            vs += ts
+            np.sqrt(vs, out=ts)
+            ts += eps
+            np.divide(ms, ts, out=ts)
+            ts *= alpha
+            ws -= ts
+
+    return step

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import Table, emit, median_ms, resnet50_sizes
+from _common import Table, chunked_adam_step, emit, median_ms, resnet50_sizes
 
 F4 = np.float32
 
@@ -26,28 +26,13 @@ def _baseline(comm, sizes, repeats):
     grads = [np.full(s, 1e-3, F4) for s in sizes]
     w, m, v = (np.ones(sum(sizes), F4), np.zeros(sum(sizes), F4), np.zeros(sum(sizes), F4))
     flat = np.empty(sum(sizes), F4)
-    t = np.empty(1 << 18, F4)
-    b1, b2, omb1, omb2, alpha, eps = F4(0.9), F4(0.999), F4(0.1), F4(0.001), F4(1e-3), F4(1e-7)
+    adam = chunked_adam_step(w, flat, m, v)
 
     def step():
         for g in grads:
             comm.Allreduce(MPI.IN_PLACE, g)
         np.concatenate(grads, out=flat)
-        for lo in range(0, flat.size, t.size):
-            hi = lo + t.size
-            ws, gs, ms, vs, ts = w[lo:hi], flat[lo:hi], m[lo:hi], v[lo:hi], t[: w[lo:hi].size]
-            ms *= b1
-            np.multiply(gs, omb1, out=ts)
-            ms += ts
-            vs *= b2
-            np.multiply(gs, gs, out=ts)
-            ts *= omb2
-            vs += ts
-            np.sqrt(vs, out=ts)
-            ts += eps
-            np.divide(ms, ts, out=ts)
-            ts *= alpha
-            ws -= ts
+        adam()
 
     return median_ms(step, repeats, comm=comm)
 

@@ -14,7 +14,15 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import Table, emit, have_torch, median_ms, resnet50_sizes, use_clock
+from _common import (
+    Table,
+    chunked_adam_step,
+    emit,
+    have_torch,
+    median_ms,
+    resnet50_sizes,
+    use_clock,
+)
 
 F4 = np.float32
 VARIANTS = {"sgd": {"momentum": 0.9}}  # plain SGD has no state; benchmark it with momentum
@@ -57,32 +65,7 @@ def memory_floor_ms(n, repeats):
 
 def numpy_chunked_adam(n, chunk=1 << 18):
     w, g, m, v = np.ones(n, F4), np.full(n, 1e-3, F4), np.zeros(n, F4), np.zeros(n, F4)
-    t = np.empty(chunk, F4)
-    b1, b2, omb1, omb2, alpha, eps = F4(0.9), F4(0.999), F4(0.1), F4(0.001), F4(1e-3), F4(1e-7)
-
-    def step():
-        for lo in range(0, n, chunk):
-            ws, gs, ms, vs = (
-                w[lo : lo + chunk],
-                g[lo : lo + chunk],
-                m[lo : lo + chunk],
-                v[lo : lo + chunk],
-            )
-            ts = t[: ws.size]
-            ms *= b1
-            np.multiply(gs, omb1, out=ts)
-            ms += ts
-            vs *= b2
-            np.multiply(gs, gs, out=ts)
-            ts *= omb2
-            vs += ts
-            np.sqrt(vs, out=ts)
-            ts += eps
-            np.divide(ms, ts, out=ts)
-            ts *= alpha
-            ws -= ts
-
-    return step
+    return chunked_adam_step(w, g, m, v, chunk)
 
 
 def numpy_textbook_adam(n):
