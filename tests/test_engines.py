@@ -26,6 +26,7 @@ VARIANTS = {
     "ftrl": [
         {"l1_regularization_strength": 0.01, "l2_regularization_strength": 0.02},
         {"l2_shrinkage_regularization_strength": 0.03, "beta": 0.5},
+        {"learning_rate_power": -0.3, "l1_regularization_strength": 0.01},
     ],
 }
 
@@ -216,3 +217,15 @@ def test_weight_decay_over_arenas_equals_the_per_variable_formula(engine, dtype)
         assert v.numpy().tobytes() == w.tobytes()
     # A variable left out of the decay keeps its whole dtype group on the per-variable path.
     assert _engine.decay_in_arenas(opt._layout, variables[1:], 0.004, 0.01) == variables[1:]
+
+
+def test_ftrl_default_power_compiles_and_other_powers_stay_on_numpy():
+    from distopt.optimizers import Ftrl
+
+    f4 = np.dtype("float32")
+    with _engine.use_engine("numba"):
+        for power, expected in [(-0.5, "numba"), (-0.3, "numpy"), (0.0, "numpy")]:
+            opt = Ftrl(0.1, learning_rate_power=power)
+            coefficients = opt._coefficients(0.1, f4)
+            used = _engine.engine_for(opt._kernel, 2, f4, [c.dtype for c in coefficients])
+            assert used == expected, (power, used)

@@ -17,6 +17,17 @@ def _ftrl_kernel(w, g, n, z, lr, neg_power, two_l2_shrinkage, l1, neg_l1, two_l2
     return (np.minimum(np.maximum(z, neg_l1), l1) - z) / quadratic, n_new, z
 
 
+def _ftrl_sqrt_kernel(w, g, n, z, lr, two_l2_shrinkage, l1, neg_l1, two_l2):
+    # The default learning_rate_power=-0.5: n^0.5 is sqrt(n), which is correctly rounded in
+    # every engine (pow is not), so this kernel compiles and keeps both engines bit-equal.
+    shrunk = g + two_l2_shrinkage * w
+    n_new = n + g * g
+    n_new_power = np.sqrt(n_new)
+    z = z + (shrunk - ((n_new_power - np.sqrt(n)) / lr) * w)
+    quadratic = n_new_power / lr + two_l2
+    return (np.minimum(np.maximum(z, neg_l1), l1) - z) / quadratic, n_new, z
+
+
 def _non_negative(name, value):
     check_float(name, value)
     if value < 0.0:
@@ -57,7 +68,7 @@ class Ftrl(Optimizer):
         self.l2_regularization_strength = l2_regularization_strength
         self.l2_shrinkage_regularization_strength = l2_shrinkage_regularization_strength
         self.beta = beta
-        self._kernel = staticmethod(_ftrl_kernel)
+        self._kernel = _ftrl_sqrt_kernel if learning_rate_power == -0.5 else _ftrl_kernel
         self._kernel_slots = ("accumulator", "linear")
 
     def build(self, variables):
@@ -74,9 +85,9 @@ class Ftrl(Optimizer):
         l1 = c(self.l1_regularization_strength)
         # As Keras: l2 + beta / (2 lr), in the variable dtype.
         l2 = c(self.l2_regularization_strength) + c(self.beta) / (c(2) * lr)
+        power = () if self._kernel is _ftrl_sqrt_kernel else (c(-self.learning_rate_power),)
         return (
-            lr, c(-self.learning_rate_power), c(2 * self.l2_shrinkage_regularization_strength),
-            l1, -l1, c(2) * l2,
+            lr, *power, c(2 * self.l2_shrinkage_regularization_strength), l1, -l1, c(2) * l2,
         )  # fmt: skip
 
     def get_config(self):
