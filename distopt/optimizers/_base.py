@@ -12,7 +12,7 @@ from distopt.collectives import _timeline
 from distopt.distribute import _context
 from distopt.optimizers import _engine, _slots, _state, _transforms
 from distopt.optimizers._slots import _internal_variable
-from distopt.optimizers._validation import check_gradients, unzip_pairs
+from distopt.optimizers._validation import check_gradients, unzip_pairs, variable_list
 from distopt.optimizers.schedules import LearningRateSchedule
 
 _CROSS_REPLICA_MESSAGE = (
@@ -181,10 +181,7 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         """Creates the optimizer state for `variables` (once; later calls do nothing)."""
         if self.built:
             return
-        variables = list(variables)
-        for v in variables:
-            if not isinstance(v, Variable):
-                raise TypeError(f"`build` takes distopt.Variable objects. Received: {v!r}")
+        variables = variable_list(variables)
         sharding = _engine.sharding_for(self)
         self._trainable_variables = variables
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}

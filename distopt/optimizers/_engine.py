@@ -190,7 +190,6 @@ def _loop(key):
 
 def engine_for(kernel, num_slots: int, dtype, coefficient_dtypes) -> str:
     """The engine `run_kernel` uses for this kernel and these dtypes now."""
-    kernel = getattr(kernel, "__func__", kernel)
     key = (kernel, num_slots, np.dtype(dtype), tuple(np.dtype(d) for d in coefficient_dtypes))
     return "numba" if engine() == "numba" and _loop(key) is not None else "numpy"
 
@@ -206,7 +205,6 @@ def run_kernel(
     """Applies `kernel` over 1-D arrays of one dtype, writing w and slots back in place."""
     if w.size == 0:
         return
-    kernel = getattr(kernel, "__func__", kernel)  # a staticmethod stored on an instance
     key = _key(kernel, slots, coefficients, w)
     if engine() == "numba":
         loop = _loop(key)

@@ -107,3 +107,12 @@ def check_gradients(grads: list, variables: list[Variable], known: dict | None) 
             )
         out.append(None if g is None else as_gradient(g, v))
     return out
+
+
+def variable_list(variables) -> list[Variable]:
+    """`variables` as a list, or a TypeError naming the first that is not a Variable."""
+    variables = list(variables)
+    for v in variables:
+        if not isinstance(v, Variable):
+            raise TypeError(f"`build` takes distopt.Variable objects. Received: {v!r}")
+    return variables

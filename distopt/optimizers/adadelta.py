@@ -25,7 +25,7 @@ class Adadelta(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.rho = rho
         self.epsilon = epsilon
-        self._kernel = staticmethod(_adadelta_kernel)
+        self._kernel = _adadelta_kernel
         self._kernel_slots = ("accumulated_grad", "accumulated_delta_var")
 
     def build(self, variables):

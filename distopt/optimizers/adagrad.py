@@ -23,7 +23,7 @@ class Adagrad(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
-        self._kernel = staticmethod(_adagrad_kernel)
+        self._kernel = _adagrad_kernel
         self._kernel_slots = ("accumulator",)
 
     def build(self, variables):

@@ -43,10 +43,10 @@ class Adam(Optimizer):
         self.epsilon = epsilon
         self.amsgrad = amsgrad
         if amsgrad:
-            self._kernel = staticmethod(_amsgrad_kernel)
+            self._kernel = _amsgrad_kernel
             self._kernel_slots = ("momentum", "velocity", "velocity_hat")
         else:
-            self._kernel = staticmethod(_adam_kernel)
+            self._kernel = _adam_kernel
             self._kernel_slots = ("momentum", "velocity")
 
     def build(self, variables):

@@ -24,7 +24,7 @@ class Adamax(Optimizer):
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
-        self._kernel = staticmethod(_adamax_kernel)
+        self._kernel = _adamax_kernel
         self._kernel_slots = ("momentum", "norm")
 
     def build(self, variables):

@@ -27,7 +27,7 @@ class Lion(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
-        self._kernel = staticmethod(_lion_kernel)
+        self._kernel = _lion_kernel
         self._kernel_slots = ("momentum",)
 
     def build(self, variables):

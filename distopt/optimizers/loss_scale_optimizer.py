@@ -7,7 +7,7 @@ import numpy as np
 from distopt._variable import Variable
 from distopt.distribute import ReduceOp
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._validation import check_gradients
+from distopt.optimizers._validation import check_gradients, variable_list
 
 # Old configs carried the base keys; Keras accepts them only at these defaults.
 _BASE_DEFAULTS = {
@@ -96,10 +96,7 @@ class LossScaleOptimizer(Optimizer):
     def build(self, variables):
         if self.built:
             return
-        variables = list(variables)
-        for v in variables:
-            if not isinstance(v, Variable):
-                raise TypeError(f"`build` takes distopt.Variable objects. Received: {v!r}")
+        variables = variable_list(variables)
         self.step_counter = self.add_variable((), "zeros", dtype="int32", name="step_counter")
         self.dynamic_scale = self.add_variable(
             (), self.initial_scale, dtype="float32", name="dynamic_scale"

@@ -35,7 +35,7 @@ class Nadam(Optimizer):
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
-        self._kernel = staticmethod(_nadam_kernel)
+        self._kernel = _nadam_kernel
         self._kernel_slots = ("momentum", "velocity")
 
     def build(self, variables):

@@ -63,7 +63,7 @@ class RMSprop(Optimizer):
         self.epsilon = epsilon
         self.centered = centered
         use_momentum, centered = momentum > 0, bool(centered)
-        self._kernel = staticmethod(_KERNELS[use_momentum, centered])
+        self._kernel = _KERNELS[use_momentum, centered]
         self._kernel_slots = ("velocity",) + ("momentum",) * use_momentum
         self._kernel_slots += ("average_gradient",) * centered
 

@@ -44,7 +44,7 @@ class ScheduleFreeAdamW(Optimizer):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.warmup_steps = warmup_steps
-        self._kernel = staticmethod(_schedule_free_kernel)
+        self._kernel = _schedule_free_kernel
         self._kernel_slots = ("momentum", "velocity")
 
     def build(self, variables):

@@ -32,10 +32,10 @@ class SGD(Optimizer):
         self.momentum = momentum
         self.nesterov = bool(nesterov)
         if momentum == 0:
-            self._kernel, self._kernel_slots = staticmethod(_sgd_kernel), ()
+            self._kernel, self._kernel_slots = _sgd_kernel, ()
         else:
             kernel = _nesterov_kernel if self.nesterov else _momentum_kernel
-            self._kernel, self._kernel_slots = staticmethod(kernel), ("momentum",)
+            self._kernel, self._kernel_slots = kernel, ("momentum",)
 
     def build(self, variables):
         if self.built:
