@@ -229,3 +229,45 @@ def test_ftrl_default_power_compiles_and_other_powers_stay_on_numpy():
             coefficients = opt._coefficients(0.1, f4)
             used = _engine.engine_for(opt._kernel, 2, f4, [c.dtype for c in coefficients])
             assert used == expected, (power, used)
+
+
+@pytest.mark.parametrize("engine", ["numpy", pytest.param("numba", marks=needs_numba)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cls,options", ELEMENTWISE)
+def test_weight_decay_fused_into_the_kernel_gives_the_separate_pass_bits(
+    cls, options, dtype, engine, monkeypatch
+):
+    options = {**options, "weight_decay": 0.03}
+    fused = _run(cls, options, dtype, engine)
+    distopt.utils.clear_session()
+    probe = cls(learning_rate=0.01, **options)
+    probe.build([distopt.Variable(np.zeros(s), dtype=dtype) for s in SHAPES])
+    assert probe._decay_in_kernel(probe._trainable_variables) == {np.dtype(dtype)}
+    monkeypatch.setattr(type(probe), "_decay_in_kernel", lambda self, variables: frozenset())
+    separate = _run(cls, options, dtype, engine)
+    assert [a.tobytes() for a in fused] == [b.tobytes() for b in separate]
+
+
+@needs_numba
+def test_kernels_with_decay_compile_when_the_kernel_does():
+    f4 = np.dtype("float32")
+    with _engine.use_engine("numba"):
+        for kernel, slots, exact in [(_adam_kernel, 2, True), (_power_kernel, 0, False)]:
+            n = _engine._kernel_trace.num_coefficients(kernel, slots)
+            used = _engine.engine_for(_engine.with_decay(kernel), slots, f4, [f4] * (n + 2))
+            assert used == ("numba" if exact else "numpy")
+    assert _engine.with_decay(_adam_kernel) is _engine.with_decay(_adam_kernel)
+
+
+def test_decay_stays_a_separate_pass_when_a_variable_is_excluded():
+    distopt.utils.clear_session()
+    variables = [distopt.Variable(np.ones(s), name=f"v{k}") for k, s in enumerate(SHAPES)]
+    opt = distopt.optimizers.AdamW(learning_rate=0.01)
+    opt.build(variables)
+    assert opt._decay_in_kernel(variables) == {np.dtype("float32")}
+    opt.exclude_from_weight_decay(var_names=["v1"])
+    assert opt._decay_in_kernel(variables) == frozenset()
+    opt.apply_gradients(zip([np.ones(s, np.float32) for s in SHAPES], variables))
+    # v1 kept its weight, others were decayed before the identical Adam step.
+    steps = [v.numpy().reshape(-1)[0] for v in variables]
+    assert steps[1] > steps[0] and steps[0] == steps[2] == steps[3]

@@ -325,10 +325,14 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         with _timeline.span("update"):
             grads = self._clip_gradients(grads)
             lr = self._learning_rate_value()
-            self._apply_weight_decay(variables, lr)
-            self._update_all(grads, variables, lr)
+            fused = self._decay_in_kernel(variables)
+            rest = [v for v in variables if v.dtype not in fused] if fused else variables
+            self._apply_weight_decay(rest, lr)
+            self._update_all(grads, variables, lr, fused)
 
-    def _update_all(self, grads, variables, lr):
+    def _update_all(self, grads, variables, lr, fused=frozenset()):
+        """The update of every pair; `fused` names the dtypes whose weight decay the kernel
+        applies in the same pass."""
         self._prepare_step(lr)
         if self._kernel is None:
             for g, v in zip(grads, variables):
@@ -351,7 +355,12 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
             if flat_g is None:
                 flat_g = np.concatenate(dt_grads, axis=None)
             slots = [self._slot_arenas[n][dt] for n in self._kernel_slots]
-            layout.run(self._kernel, dt, flat_g, slots, self._coefficients(lr, dt))
+            kernel, coefficients = self._kernel, self._coefficients(lr, dt)
+            if dt in fused:
+                c = np.dtype(dt).type
+                kernel = _engine.with_decay(kernel)
+                coefficients = (*coefficients, c(self.weight_decay), c(lr))
+            layout.run(kernel, dt, flat_g, slots, coefficients)
         layout.gather()
 
     def _prepare_step(self, lr) -> None:

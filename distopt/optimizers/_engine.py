@@ -18,6 +18,7 @@ float32 in both engines. `DISTOPT_ENGINE=numpy|numba|auto` (default auto) picks 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import threading
 import warnings
@@ -229,6 +230,35 @@ def run_kernel(
 def _decay_kernel(w, g, weight_decay, learning_rate):
     # The base's per-variable `w -= w * wd * lr`, with the same operations in the same order.
     return (w - w * weight_decay * learning_rate,)
+
+
+_decayed: dict = {}
+
+
+def with_decay(kernel: Callable) -> Callable:
+    """`kernel` preceded by the base's weight decay (`w - w * weight_decay * learning_rate`),
+    so both run in one pass over the arenas; it takes (weight_decay, learning_rate) after the
+    kernel's own coefficients.
+
+    The decayed `w` feeds the kernel with the same operations in the same order as a separate
+    decay pass, so the bits are the same (tests/test_engines.py).
+    """
+    composed = _decayed.get(kernel)
+    if composed is None:
+        # Generated rather than a closure over *args: numba compiles it like any kernel.
+        names = [f"a{k}" for k in range(len(inspect.signature(kernel).parameters))]
+        args = ", ".join(names)
+        source = (
+            f"def {kernel.__name__}_with_decay({args}, weight_decay, learning_rate):\n"
+            f"    a0 = a0 - a0 * weight_decay * learning_rate\n"
+            f"    return kernel({args})\n"
+        )
+        namespace = {"kernel": kernel}
+        exec(compile(source, f"<distopt {kernel.__name__} with decay>", "exec"), namespace)  # noqa: S102
+        composed = namespace[f"{kernel.__name__}_with_decay"]
+        with _lock:
+            composed = _decayed.setdefault(kernel, composed)
+    return composed
 
 
 def decay_in_arenas(layout, variables, weight_decay, lr) -> list:

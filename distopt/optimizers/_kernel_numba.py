@@ -36,11 +36,16 @@ def _numpy_for_scalars() -> types.ModuleType:
 
 
 def _for_scalars(kernel):
+    """`kernel` seeing the scalar numpy, with the plain functions it calls (e.g. the kernel a
+    `with_decay` kernel wraps) compiled the same way, so they inline into the loop."""
     names = kernel.__code__.co_names
     scope = dict(kernel.__globals__)
-    for name, value in scope.items():
-        if value is np and name in names:
+    for name in names:
+        value = scope.get(name)
+        if value is np:
             scope[name] = _NUMPY
+        elif isinstance(value, types.FunctionType):
+            scope[name] = numba.njit(inline="always", **_OPTIONS)(_for_scalars(value))
     return types.FunctionType(kernel.__code__, scope, kernel.__name__, kernel.__defaults__)
 
 

@@ -127,6 +127,22 @@ class TransformsMixin:
             return False
         return not (self._exclude_pattern and self._exclude_pattern.search(variable.name))
 
+    def _decay_in_kernel(self, variables) -> frozenset:
+        """The dtypes whose weight decay can ride in the update kernel's pass: the whole
+        arena is in this step, in order, and every variable in it is decayed."""
+        if (
+            self.weight_decay is None
+            or self._kernel is None
+            or self._layout is None
+            or type(self)._apply_weight_decay is not TransformsMixin._apply_weight_decay
+        ):
+            return frozenset()
+        return frozenset(
+            dt
+            for dt, in_step, in_place in self._layout.step_groups(variables)
+            if in_place and all(self._use_weight_decay(variables[k]) for k in in_step)
+        )
+
     def _apply_weight_decay(self, variables, lr):
         if self.weight_decay is None:
             return

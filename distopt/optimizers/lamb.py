@@ -73,7 +73,7 @@ class Lamb(Optimizer):
         )
         self._trust_step(w, update, learning_rate)
 
-    def _update_all(self, grads, variables, lr):
+    def _update_all(self, grads, variables, lr, fused=frozenset()):
         # One kernel pass over each dtype's arenas when the step covers it in layout order;
         # only the norms and the final scaling are per tensor.
         self._prepare_step(lr)
