@@ -169,8 +169,12 @@ class SharedMemoryReducer:
                 segments = [s[dt] for s in shared.segments]
                 out = shared.result[dt]
                 rest = segments[1:] if shared.in_place else segments[2:]
-                for a in range(lo, hi, _CHUNK):
-                    b = min(a + _CHUNK, hi)
+                # Chunks keep a partial sum in L2 across several passes; with one pass per
+                # element (two ranks) they only add calls: measured 5.4 -> 5.0 ms for 51 MB.
+                passes = len(rest) + (not shared.in_place) + divide_here
+                chunk = _CHUNK if passes > 1 else max(1, hi - lo)
+                for a in range(lo, hi, chunk):
+                    b = min(a + chunk, hi)
                     if not shared.in_place:  # a separate result: the same sums, in order
                         if len(segments) == 1:
                             np.copyto(out[a:b], segments[0][a:b])
