@@ -61,6 +61,7 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         self._bucket_bytes = bucket_bytes
         self._plans: dict[tuple, BucketPlan] = {}
         self._plans_lock = threading.Lock()
+        self._recent_plans: dict[tuple, tuple] = {}
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -147,14 +148,26 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
 
     # -- gradients --------------------------------------------------------------------------
     def _cached_plan(self, variables: Sequence[Variable]) -> tuple[tuple, BucketPlan | None]:
-        key = tuple(id(v) for v in variables)
+        held = tuple(variables)
+        hit = self._recent_plans.get(held)  # keyed on the variables themselves: no id reuse
+        if hit is not None:
+            return hit
+        key = tuple(map(id, held))
         with self._plans_lock:
             plan = self._plans.get(key)
         if plan is not None and plan.matches(
             [v.shape for v in variables], [v.dtype for v in variables]
         ):
+            self._remember_plan(held, key, plan)
             return key, plan
         return key, None
+
+    def _remember_plan(self, held: tuple, key: tuple, plan: BucketPlan) -> None:
+        # A few recent lists only: holding variables keeps their arrays alive.
+        recent = self._recent_plans
+        if len(recent) >= 8:
+            recent.clear()
+        recent[held] = (key, plan)
 
     def _new_plan(self, key: tuple, variables: Sequence[Variable]) -> BucketPlan:
         # Collective with shared-memory buckets (a new window): only after the guard.
@@ -162,6 +175,7 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         plan = self._reducer.make_plan(shapes, [v.dtype for v in variables], self._bucket_bytes)
         with self._plans_lock:
             self._plans[key] = plan
+        self._remember_plan(tuple(variables), key, plan)
         return plan
 
     def _plan_for(self, variables: Sequence[Variable]) -> BucketPlan:

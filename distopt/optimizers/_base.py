@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import warnings
 
 import numpy as np
@@ -12,9 +13,17 @@ from distopt.collectives import _timeline
 from distopt.distribute import _context
 from distopt.optimizers import _engine, _slots, _state, _transforms
 from distopt.optimizers._slots import _internal_variable
-from distopt.optimizers._validation import check_gradients, unzip_pairs, variable_list
+from distopt.optimizers._validation import (
+    check_gradients,
+    list_facts,
+    steady_gradients,
+    unzip_pairs,
+    variable_list,
+)
 from distopt.optimizers.schedules import LearningRateSchedule
 
+_bound_strategy = operator.attrgetter("_strategy")
+_overwrites = operator.attrgetter("overwrite_with_gradient")
 _CROSS_REPLICA_MESSAGE = (
     "`apply_gradients()` cannot be called in cross-replica context. Use `Strategy.run` to "
     "enter replica context. For more information, please see the docstring of "
@@ -82,6 +91,7 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         self._slot_arenas: dict[str, dict] = {}
         self._exclude_ids: set[int] = set()
         self._exclude_pattern = None
+        self._list_facts: dict[tuple, object] = {}  # per variable list, once built
         self._strategy = None if not _context.has_strategy() else _context.get_strategy()
         self._iterations = self._track(
             _internal_variable(0, "iteration", f"{self.name}/iteration", "int32")
@@ -262,10 +272,12 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         # Messages are built only on error: this runs for every variable at every step.
         if self._strategy is not None and self._strategy is not strategy:
             self._strategy_mismatch(f"Optimizer `{self.name}`", self._strategy, strategy)
-        for v in variables:
-            bound = v._strategy
-            if bound is not None and bound is not strategy:
-                self._strategy_mismatch(f"Variable `{v.path}`", bound, strategy)
+        bound = set(map(_bound_strategy, variables))
+        bound.discard(None)
+        bound.discard(strategy)
+        for v in variables if bound else ():
+            if v._strategy is not None and v._strategy is not strategy:
+                self._strategy_mismatch(f"Variable `{v.path}`", v._strategy, strategy)
         return strategy
 
     @staticmethod
@@ -278,6 +290,22 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         )
 
     def _apply(self, grads, variables, aggregate):
+        # The steady state (built, a known variable list, no overwrite variable, every
+        # gradient an ndarray of its variable's shape) needs no per-pair work to validate.
+        steady = None
+        if self.built:
+            facts = list_facts(self._list_facts, variables, self._trainable_variables_indices)
+            if facts is not None and not any(map(_overwrites, variables)):
+                steady = steady_gradients(grads, facts)
+        if steady is None:
+            self._apply_checked(grads, variables, aggregate)
+            return
+        strategy = self._check_strategy(variables)
+        _timeline.set_step(self._iteration_count())
+        self._apply_pairs(grads, variables, strategy, aggregate, not steady)
+        self._iterations.value[...] += 1
+
+    def _apply_checked(self, grads, variables, aggregate):
         known = self._trainable_variables_indices if self.built else None
         grads = check_gradients(grads, variables, known)
         strategy = self._check_strategy(variables)
@@ -292,29 +320,37 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
             warnings.warn(
                 f"Gradients do not exist for variables {missing} when minimizing the loss. If "
                 "using `model.compile()`, did you forget to provide a `loss` argument?",
-                stacklevel=3,
+                stacklevel=4,
             )
         overwrite = [(g, v) for g, v in present if v.overwrite_with_gradient]
         pairs = [(g, v) for g, v in present if not v.overwrite_with_gradient]
-        reduce = strategy._reduce_gradients if aggregate else None
         self._apply_overwrite(overwrite, strategy if aggregate else None)
         if pairs:
             grads = [g for g, _ in pairs]
             variables = [v for _, v in pairs]
-            if self.gradient_accumulation_steps:
-                self._accumulate_and_update(grads, variables, reduce)
-            else:
-                if reduce is not None:  # returns the variables' dtypes: no cast needed after
-                    grads = self._unscale(reduce(grads, variables))
-                else:
-                    grads = self._cast(self._unscale(grads), variables)
-                self._update(grads, variables)
-            if reduce is not None:
-                strategy._release_gradients()  # the reduced buffers may be written again
-            if self.use_ema:
-                self._update_moving_averages()
-            self._apply_constraints(variables)
+            self._apply_pairs(grads, variables, strategy, aggregate, True)
         self._iterations.value[...] += 1
+
+    def _apply_pairs(self, grads, variables, strategy, aggregate, cast):
+        """Aggregate, unscale, update, EMA, constraints; `cast=False`: every gradient is an
+        ndarray of its variable's dtype already (the default strategy's reduction is then
+        the identity)."""
+        reduce = strategy._reduce_gradients if aggregate else None
+        if self.gradient_accumulation_steps:
+            self._accumulate_and_update(grads, variables, reduce)
+        else:
+            if reduce is not None and (cast or not strategy._is_default):
+                grads = self._unscale(reduce(grads, variables))  # in the variables' dtypes
+            elif cast:
+                grads = self._cast(self._unscale(grads), variables)
+            else:
+                grads = self._unscale(grads)
+            self._update(grads, variables)
+        if reduce is not None:
+            strategy._release_gradients()  # the reduced buffers may be written again
+        if self.use_ema:
+            self._update_moving_averages()
+        self._apply_constraints(variables)
 
     @staticmethod
     def _cast(grads, variables):

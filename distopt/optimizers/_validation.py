@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 
 import numpy as np
 
 from distopt._variable import Variable
+
+# One-element type sets: `set(map(type, xs)) == _TUPLES` checks a whole list at C speed.
+_TUPLES, _PAIRS, _VARIABLES, _ARRAYS = {tuple}, {2}, {Variable}, {np.ndarray}
+_shape = operator.attrgetter("shape")
+_dtype = operator.attrgetter("dtype")
 
 
 def _describe(x) -> str:
@@ -50,9 +56,9 @@ def unzip_pairs(grads_and_vars) -> tuple[list, list[Variable]]:
             f"`zip(grads, variables)`. Received: {_describe(grads_and_vars)}"
         )
     pairs = list(grads_and_vars)
-    if pairs and all(type(p) is tuple and len(p) == 2 for p in pairs):
+    if pairs and set(map(type, pairs)) == _TUPLES and set(map(len, pairs)) == _PAIRS:
         grads, variables = map(list, zip(*pairs))  # the common case, transposed at C speed
-        if all(type(v) is Variable for v in variables):
+        if set(map(type, variables)) == _VARIABLES:
             return grads, variables
     grads, variables = [], []
     for i, pair in enumerate(pairs):
@@ -107,6 +113,49 @@ def check_gradients(grads: list, variables: list[Variable], known: dict | None) 
             )
         out.append(None if g is None else as_gradient(g, v))
     return out
+
+
+class ListFacts:
+    """What a built optimizer knows once about a variable list that passed
+    `check_gradients`: no duplicate, no unknown variable, and each variable's shape and
+    dtype (fixed for a variable's life). Holds the variables, so their ids are not reused."""
+
+    __slots__ = ("variables", "shapes", "dtypes", "dtype")
+
+    def __init__(self, variables: tuple):
+        self.variables = variables
+        self.shapes = [v._value.shape for v in variables]
+        self.dtypes = [v._value.dtype for v in variables]
+        self.dtype = {self.dtypes[0]} if len(set(self.dtypes)) == 1 else None
+
+
+def steady_gradients(grads: list, facts: ListFacts) -> bool | None:
+    """None unless every gradient is an ndarray of its variable's shape and a real dtype
+    (what `check_gradients` passes through unchanged); else whether every dtype already is
+    its variable's (no cast needed). Whole-list checks at C speed, for the steady state."""
+    if set(map(type, grads)) != _ARRAYS or list(map(_shape, grads)) != facts.shapes:
+        return None
+    dtypes = set(map(_dtype, grads))
+    for dt in dtypes:
+        if dt.kind not in "fiu":
+            return None
+    if facts.dtype is not None:
+        return dtypes == facts.dtype
+    return list(map(_dtype, grads)) == facts.dtypes
+
+
+def list_facts(cache: dict, variables: list[Variable], known: dict) -> ListFacts | None:
+    """The facts of `variables` from `cache` (keyed on the variables themselves), computed
+    and remembered when they are unique, non-empty and all in `known`; else None."""
+    held = tuple(variables)
+    facts = cache.get(held)
+    if facts is None and held:
+        unique = set(map(id, held))
+        if len(unique) == len(held) and unique <= known.keys():
+            if len(cache) >= 8:
+                cache.clear()
+            facts = cache[held] = ListFacts(held)
+    return facts
 
 
 def variable_list(variables) -> list[Variable]:
