@@ -94,20 +94,20 @@ def test_compiled_conversions_give_numpys_bits():
     x = _patterns()
     out = np.empty(x.size, np.uint16)
     with np.errstate(all="ignore"):
-        H.to_bf16(x, out)
+        H.narrow_bf16(x, np.float32(1), out)
         assert np.array_equal(out, _to_bf16(x))
-        H.to_fp16(x, out)
+        H.narrow_fp16(x, np.float32(1), out)
         _same_or_both_nan(out.view(np.float16), x.astype(np.float16))
         for scale in (np.float32(2), np.float32(3)):
-            H.to_fp16_divided(x, scale, out)
+            H.narrow_fp16(x, scale, out)
             _same_or_both_nan(out.view(np.float16), (x / scale).astype(np.float16))
         every = np.arange(2**16, dtype=np.uint16)
         back = np.empty(every.size, np.float32)
-        H.from_bf16(every, back)
+        H.widen_bf16(every, np.float32(1), back)
         assert np.array_equal(back.view(np.uint32), _from_bf16(every).view(np.uint32))
-        H.from_fp16(every, back)
+        H.widen_fp16(every, np.float32(1), back)
         _same_or_both_nan(back, every.view(np.float16).astype(np.float32))
-        H.from_fp16_multiplied(every, np.float32(3), back)
+        H.widen_fp16(every, np.float32(3), back)
         _same_or_both_nan(back, every.view(np.float16).astype(np.float32) * np.float32(3))
 
 

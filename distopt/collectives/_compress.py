@@ -11,6 +11,7 @@ node that sum through shared memory do not round.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -32,30 +33,38 @@ def _from_bf16(h: np.ndarray) -> np.ndarray:
     return (h.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def _sum_bf16(inbuf, inoutbuf, datatype) -> None:
-    a = np.frombuffer(inbuf, dtype=np.uint16)
-    b = np.frombuffer(inoutbuf, dtype=np.uint16)
-    if _compiled() is not None:
-        _compiled().sum_bf16(a, b)
-    else:
-        b[...] = _to_bf16(_from_bf16(a) + _from_bf16(b))
+# numpy versions of narrow(x, scale, out) (fp16: x / scale), widen(h, scale, out) (fp16:
+# times scale) and sum(a, b) into b; `_half_numba` compiles the same ones.
+def narrow_bf16(x, scale, out):
+    out[...] = _to_bf16(x)
 
 
-def _sum_fp16(inbuf, inoutbuf, datatype) -> None:
-    b = np.frombuffer(inoutbuf, dtype=np.uint16)
-    a = np.frombuffer(inbuf, dtype=np.uint16)
-    if _compiled() is not None:
-        _compiled().sum_fp16(a, b)
-    else:
-        h = b.view(np.float16)
-        np.add(h, a.view(np.float16), out=h)
+def widen_bf16(h, scale, out):
+    out[...] = _from_bf16(h)
+
+
+def sum_bf16(a, b):
+    b[...] = _to_bf16(_from_bf16(a) + _from_bf16(b))
+
+
+def narrow_fp16(x, scale, out):
+    out.view(np.float16)[...] = x / scale
+
+
+def widen_fp16(h, scale, out):
+    np.multiply(h.view(np.float16).astype(out.dtype), scale, out=out)
+
+
+def sum_fp16(a, b):
+    h = b.view(np.float16)
+    np.add(h, a.view(np.float16), out=h)
 
 
 _state: dict = {}
 
 
 def _compiled():
-    """The numba versions (`_half_numba`; same bits, ~10-50x faster), or None without numba.
+    """`_half_numba` (same bits but NaN payloads; ~10-50x faster), or None without numba.
 
     `DISTOPT_ENGINE=numpy` keeps the numpy versions, as it does for optimizer kernels.
     """
@@ -72,51 +81,36 @@ def _compiled():
     return _state["module"]
 
 
+def _functions(name: str, dtype) -> tuple:
+    """(narrow, widen, sum) for `name`: compiled ones for float32 when they work."""
+    compiled = _compiled()
+    module = compiled if compiled is not None and dtype == np.float32 else sys.modules[__name__]
+    return tuple(getattr(module, f"{step}_{name}") for step in ("narrow", "widen", "sum"))
+
+
 def _self_check(module) -> None:
-    # Compiles every function here, outside any MPI callback, and refuses a build whose
+    # Compiles every function, outside any MPI callback, and refuses a build whose
     # roundings differ from numpy's (e.g. a CPU without float16 conversions).
     x = np.array([1.0, 1.00390625, 1 + 2**-11, -65519.0, 65520.0, 2**-25, 3e-6, 0.0], np.float32)
-    wire, back = np.empty(x.size, np.uint16), np.empty(x.size, np.float32)
-    module.to_bf16(x, wire)
-    module.sum_bf16(wire, wire.copy())
-    module.from_bf16(wire, back)
-    if not np.array_equal(wire, _to_bf16(x)):
-        raise ArithmeticError("compiled bf16 rounding differs from numpy's")
-    with np.errstate(over="ignore"):
-        expected = x.astype(np.float16).view(np.uint16)
-    module.to_fp16_divided(x, np.float32(1), wire)
-    module.sum_fp16(wire, wire.copy())
-    module.from_fp16_multiplied(wire, np.float32(1), back)
-    if not np.array_equal(wire, expected):
-        raise ArithmeticError("compiled fp16 rounding differs from numpy's")
+    one = np.float32(1)
+    for name in COMPRESSIONS:
+        wire, expected = np.empty(x.size, np.uint16), np.empty(x.size, np.uint16)
+        with np.errstate(over="ignore"):
+            globals()[f"narrow_{name}"](x, one, expected)
+        getattr(module, f"narrow_{name}")(x, one, wire)
+        getattr(module, f"sum_{name}")(wire, wire.copy())
+        getattr(module, f"widen_{name}")(wire, one, np.empty(x.size, np.float32))
+        if not np.array_equal(wire, expected):
+            raise ArithmeticError(f"compiled {name} rounding differs from numpy's")
 
 
-def _narrow(name: str, piece: np.ndarray, scale, wire: np.ndarray) -> None:
-    """`piece` rounded to 16 bits into `wire` (fp16: divided by `scale` first)."""
-    compiled = _compiled() if piece.dtype == np.float32 else None
-    if name == "bf16":
-        if compiled is not None:
-            compiled.to_bf16(piece, wire)
-        else:
-            wire[...] = _to_bf16(piece)
-    elif compiled is not None:
-        compiled.to_fp16_divided(piece, scale, wire)
-    else:
-        wire.view(np.float16)[...] = piece / scale
+def _mpi_sum(name: str):
+    def op(inbuf, inoutbuf, datatype) -> None:
+        # The sum is on 16-bit values whatever the buffers' dtype: compiled when available.
+        total = _functions(name, np.float32)[2]
+        total(np.frombuffer(inbuf, dtype=np.uint16), np.frombuffer(inoutbuf, dtype=np.uint16))
 
-
-def _widen(name: str, wire: np.ndarray, scale, piece: np.ndarray) -> None:
-    """The inverse of `_narrow`, into `piece`."""
-    compiled = _compiled() if piece.dtype == np.float32 else None
-    if name == "bf16":
-        if compiled is not None:
-            compiled.from_bf16(wire, piece)
-        else:
-            piece[...] = _from_bf16(wire)
-    elif compiled is not None:
-        compiled.from_fp16_multiplied(wire, scale, piece)
-    else:
-        np.multiply(wire.view(np.float16).astype(piece.dtype), scale, out=piece)
+    return op
 
 
 class Compression:
@@ -134,8 +128,7 @@ class Compression:
         if self._op is None:
             from mpi4py import MPI
 
-            fn = _sum_bf16 if self.name == "bf16" else _sum_fp16
-            self._op = MPI.Op.Create(fn, commute=True)
+            self._op = MPI.Op.Create(_mpi_sum(self.name), commute=True)
         return self._op
 
     def allreduce(self, communicator, buf: np.ndarray, piece_bytes: int) -> None:
@@ -153,13 +146,14 @@ class Compression:
         comm, op, size = communicator.mpi_comm, self._mpi_op(), communicator.size
         step = max(1, piece_bytes // 2)
         scale = buf.dtype.type(size)
+        narrow, widen, _ = _functions(self.name, buf.dtype)
         wire = np.empty(min(step, buf.size), np.uint16)
         for start in range(0, buf.size, step):
             piece = buf[start : start + step]
             w = wire[: piece.size]
-            _narrow(self.name, piece, scale, w)
+            narrow(piece, scale, w)
             comm.Allreduce(MPI.IN_PLACE, [w, MPI.UINT16_T], op=op)
-            _widen(self.name, w, scale, piece)
+            widen(w, scale, piece)
 
 
 def make_compression(name):

@@ -64,14 +64,16 @@ def _from_fp16(typingctx, bits):
     return types.float32(types.uint16), codegen
 
 
+# The same signatures as the numpy versions in `_compress.py`: narrow(x, scale, out),
+# widen(h, scale, out), sum(a, b) into b. bf16 keeps float32's range and ignores `scale`.
 @numba.njit(**_OPTIONS)
-def to_bf16(x, out):
+def narrow_bf16(x, scale, out):
     for i in range(x.shape[0]):
         out[i] = _bf16(x[i])
 
 
 @numba.njit(**_OPTIONS)
-def from_bf16(h, out):
+def widen_bf16(h, scale, out):
     for i in range(h.shape[0]):
         out[i] = _from_bf16(h[i])
 
@@ -83,13 +85,13 @@ def sum_bf16(a, b):
 
 
 @numba.njit(**_OPTIONS)
-def to_fp16_divided(x, scale, out):
+def narrow_fp16(x, scale, out):
     for i in range(x.shape[0]):
         out[i] = _fp16(x[i] / scale)
 
 
 @numba.njit(**_OPTIONS)
-def from_fp16_multiplied(h, scale, out):
+def widen_fp16(h, scale, out):
     for i in range(h.shape[0]):
         out[i] = _from_fp16(h[i]) * scale
 
@@ -98,15 +100,3 @@ def from_fp16_multiplied(h, scale, out):
 def sum_fp16(a, b):
     for i in range(b.shape[0]):
         b[i] = _fp16(_from_fp16(a[i]) + _from_fp16(b[i]))
-
-
-@numba.njit(**_OPTIONS)
-def to_fp16(x, out):
-    for i in range(x.shape[0]):
-        out[i] = _fp16(x[i])
-
-
-@numba.njit(**_OPTIONS)
-def from_fp16(h, out):
-    for i in range(h.shape[0]):
-        out[i] = _from_fp16(h[i])
