@@ -27,6 +27,7 @@ VARIANTS = {
         {"l1_regularization_strength": 0.01, "l2_regularization_strength": 0.02},
         {"l2_shrinkage_regularization_strength": 0.03, "beta": 0.5},
         {"learning_rate_power": -0.3, "l1_regularization_strength": 0.01},
+        {"learning_rate_power": 0.0, "l2_shrinkage_regularization_strength": 0.03},
     ],
 }
 
@@ -219,12 +220,12 @@ def test_weight_decay_over_arenas_equals_the_per_variable_formula(engine, dtype)
     assert _engine.decay_in_arenas(opt._layout, variables[1:], 0.004, 0.01) == variables[1:]
 
 
-def test_ftrl_default_power_compiles_and_other_powers_stay_on_numpy():
+def test_ftrl_powers_minus_half_and_zero_compile_others_stay_on_numpy():
     from distopt.optimizers import Ftrl
 
     f4 = np.dtype("float32")
     with _engine.use_engine("numba"):
-        for power, expected in [(-0.5, "numba"), (-0.3, "numpy"), (0.0, "numpy")]:
+        for power, expected in [(-0.5, "numba"), (-0.3, "numpy"), (0.0, "numba"), (-1.0, "numpy")]:
             opt = Ftrl(0.1, learning_rate_power=power)
             coefficients = opt._coefficients(0.1, f4)
             used = _engine.engine_for(opt._kernel, 2, f4, [c.dtype for c in coefficients])
@@ -271,3 +272,26 @@ def test_decay_stays_a_separate_pass_when_a_variable_is_excluded():
     # v1 kept its weight, others were decayed before the identical Adam step.
     steps = [v.numpy().reshape(-1)[0] for v in variables]
     assert steps[1] > steps[0] and steps[0] == steps[2] == steps[3]
+
+
+@pytest.mark.parametrize("engine", ["numpy", pytest.param("numba", marks=needs_numba)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ftrl_power_zero_kernel_gives_the_general_kernels_bits(engine, dtype):
+    from distopt.optimizers import Ftrl
+    from distopt.optimizers.ftrl import _ftrl_constant_kernel, _ftrl_kernel
+
+    results = []
+    for kernel in (_ftrl_constant_kernel, _ftrl_kernel):
+        distopt.utils.clear_session()
+        rng = np.random.default_rng(3)
+        variables = [distopt.Variable(rng.standard_normal(s), dtype=dtype) for s in SHAPES]
+        opt = Ftrl(0.1, learning_rate_power=0.0, l1_regularization_strength=0.01)
+        assert opt._kernel is _ftrl_constant_kernel
+        opt._kernel = kernel  # the general kernel computes n^-0.0 with np.power
+        with _engine.use_engine(engine):
+            for _ in range(3):
+                grads = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+                grads[0][0, :3] = [0.0, np.inf, np.nan]
+                opt.apply_gradients(zip(grads, variables))
+        results.append([v.numpy().tobytes() for v in variables + opt.variables])
+    assert results[0] == results[1]

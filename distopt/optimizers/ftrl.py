@@ -28,6 +28,15 @@ def _ftrl_sqrt_kernel(w, g, n, z, lr, two_l2_shrinkage, l1, neg_l1, two_l2):
     return (np.minimum(np.maximum(z, neg_l1), l1) - z) / quadratic, n_new, z
 
 
+def _ftrl_constant_kernel(w, g, n, z, lr, one, two_l2_shrinkage, l1, neg_l1, two_l2):
+    # learning_rate_power=0 (a fixed learning rate): n^0 is 1 for every n, NaN and inf
+    # included, so the constant keeps `_ftrl_kernel`'s bits and the kernel compiles.
+    shrunk = g + two_l2_shrinkage * w
+    z = z + (shrunk - ((one - one) / lr) * w)
+    quadratic = one / lr + two_l2
+    return (np.minimum(np.maximum(z, neg_l1), l1) - z) / quadratic, n + g * g, z
+
+
 def _non_negative(name, value):
     check_float(name, value)
     if value < 0.0:
@@ -68,7 +77,9 @@ class Ftrl(Optimizer):
         self.l2_regularization_strength = l2_regularization_strength
         self.l2_shrinkage_regularization_strength = l2_shrinkage_regularization_strength
         self.beta = beta
-        self._kernel = _ftrl_sqrt_kernel if learning_rate_power == -0.5 else _ftrl_kernel
+        self._kernel = {-0.5: _ftrl_sqrt_kernel, 0.0: _ftrl_constant_kernel}.get(
+            learning_rate_power, _ftrl_kernel
+        )
         self._kernel_slots = ("accumulator", "linear")
 
     def build(self, variables):
@@ -85,7 +96,9 @@ class Ftrl(Optimizer):
         l1 = c(self.l1_regularization_strength)
         # As Keras: l2 + beta / (2 lr), in the variable dtype.
         l2 = c(self.l2_regularization_strength) + c(self.beta) / (c(2) * lr)
-        power = () if self._kernel is _ftrl_sqrt_kernel else (c(-self.learning_rate_power),)
+        power = {_ftrl_sqrt_kernel: (), _ftrl_constant_kernel: (c(1),)}.get(
+            self._kernel, (c(-self.learning_rate_power),)
+        )
         return (
             lr, *power, c(2 * self.l2_shrinkage_regularization_strength), l1, -l1, c(2) * l2,
         )  # fmt: skip
