@@ -12,6 +12,10 @@ from distopt import _naming
 
 _FLOATX = "float32"
 _creation = threading.local()
+# Counts changes, after creation, of the attributes an optimizer checks once per variable
+# list (`constraint`, `overwrite_with_gradient`, the strategy binding): its cached checks are
+# redone when this moves.
+revision = [0]
 
 
 def _creation_hooks() -> list:
@@ -93,11 +97,11 @@ class Variable:
         self._name = name if name is not None else _naming.uniquify("variable")
         self._path = self._name
         self.trainable = bool(trainable)
-        self.constraint = constraint
-        self.overwrite_with_gradient = bool(overwrite_with_gradient)
+        self._constraint = constraint
+        self._overwrite_with_gradient = bool(overwrite_with_gradient)
         # Set by the owner that re-homed this variable's storage into a flat arena.
         self._arena_owner: object | None = None
-        self._strategy = None
+        self._bound_strategy = None
         for hook in reversed(_creation_hooks()):
             hook(self)
             break
@@ -114,6 +118,34 @@ class Variable:
     @property
     def path(self) -> str:
         return self._path
+
+    @property
+    def constraint(self) -> Callable | None:
+        return self._constraint
+
+    @constraint.setter
+    def constraint(self, value: Callable | None) -> None:
+        self._constraint = value
+        revision[0] += 1
+
+    @property
+    def overwrite_with_gradient(self) -> bool:
+        return self._overwrite_with_gradient
+
+    @overwrite_with_gradient.setter
+    def overwrite_with_gradient(self, value: bool) -> None:
+        self._overwrite_with_gradient = value
+        revision[0] += 1
+
+    @property
+    def _strategy(self):
+        """The strategy whose scope created this variable (None: no strategy)."""
+        return self._bound_strategy
+
+    @_strategy.setter
+    def _strategy(self, strategy) -> None:
+        self._bound_strategy = strategy
+        revision[0] += 1
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -132,22 +132,46 @@ def test_none_and_non_array_gradients_after_steady_steps():
     assert int(opt.iterations.value) == 4
 
 
-def test_constraint_and_overwrite_set_after_steady_steps_take_effect():
+def test_a_constraint_set_after_steady_steps_takes_effect():
     variables = _variables()
     opt = SGD(0.1)
     for step in range(3):
         opt.apply_gradients(zip(_grads(step), variables))
     variables[0].constraint = lambda w: np.clip(w, -0.01, 0.01)
+    opt.apply_gradients(zip(_grads(7), variables))
+    assert np.abs(variables[0].numpy()).max() <= np.float32(0.01)
+    variables[0].constraint = None
+    opt.apply_gradients(zip([np.ones((2, 3))] + _grads(8)[1:], variables))
+    assert np.abs(variables[0].numpy()).max() > np.float32(0.01)
+
+
+def test_overwrite_with_gradient_set_after_steady_steps_takes_effect():
+    variables = _variables()
+    opt = SGD(0.1)
+    for step in range(3):
+        opt.apply_gradients(zip(_grads(step), variables))
     variables[2].overwrite_with_gradient = True
     grads = _grads(7)
     opt.apply_gradients(zip(grads, variables))
-    assert np.abs(variables[0].numpy()).max() <= np.float32(0.01)
     np.testing.assert_array_equal(variables[2].numpy(), grads[2])
-    variables[0].constraint = None
     variables[2].overwrite_with_gradient = False
     d = variables[2].numpy()
     opt.apply_gradients(zip(grads, variables))
     np.testing.assert_array_equal(variables[2].numpy(), d - grads[2] * float(np.float32(0.1)))
+
+
+def test_a_variable_bound_to_a_strategy_after_steady_steps_is_checked():
+    from mpi4py import MPI
+
+    variables = _variables()
+    opt = SGD(0.1)
+    for step in range(3):
+        opt.apply_gradients(zip(_grads(step), variables))
+    before = _snapshot(opt, variables)
+    variables[1]._strategy = distopt.distribute.MPIStrategy(comm=MPI.COMM_SELF)
+    with pytest.raises(ValueError, match=r"Variable `b` was created under the scope of "):
+        opt.apply_gradients(zip(_grads(4), variables))
+    _assert_unchanged(before, opt, variables)
 
 
 def test_mirrored_variable_outside_its_strategy_after_steady_steps():

@@ -23,7 +23,6 @@ from distopt.optimizers._validation import (
 from distopt.optimizers.schedules import LearningRateSchedule
 
 _bound_strategy = operator.attrgetter("_strategy")
-_overwrites = operator.attrgetter("overwrite_with_gradient")
 _CROSS_REPLICA_MESSAGE = (
     "`apply_gradients()` cannot be called in cross-replica context. Use `Strategy.run` to "
     "enter replica context. For more information, please see the docstring of "
@@ -292,17 +291,22 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
     def _apply(self, grads, variables, aggregate):
         # The steady state (built, a known variable list, no overwrite variable, every
         # gradient an ndarray of its variable's shape) needs no per-pair work to validate.
-        steady = None
+        steady = facts = None
         if self.built:
             facts = list_facts(self._list_facts, variables, self._trainable_variables_indices)
-            if facts is not None and not any(map(_overwrites, variables)):
+            if facts is not None and not facts.overwrite:
                 steady = steady_gradients(grads, facts)
         if steady is None:
             self._apply_checked(grads, variables, aggregate)
             return
-        strategy = self._check_strategy(variables)
+        strategy = _context.get_strategy()
+        mine = self._strategy
+        if (mine is not None and mine is not strategy) or any(
+            b is not strategy for b in facts.bound
+        ):
+            self._check_strategy(variables)  # raises, naming the optimizer or variable
         _timeline.set_step(self._iteration_count())
-        self._apply_pairs(grads, variables, strategy, aggregate, not steady)
+        self._apply_pairs(grads, variables, strategy, aggregate, not steady, facts.constrained)
         self._iterations.value[...] += 1
 
     def _apply_checked(self, grads, variables, aggregate):
@@ -331,10 +335,10 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
             self._apply_pairs(grads, variables, strategy, aggregate, True)
         self._iterations.value[...] += 1
 
-    def _apply_pairs(self, grads, variables, strategy, aggregate, cast):
+    def _apply_pairs(self, grads, variables, strategy, aggregate, cast, constrained=True):
         """Aggregate, unscale, update, EMA, constraints; `cast=False`: every gradient is an
         ndarray of its variable's dtype already (the default strategy's reduction is then
-        the identity)."""
+        the identity); `constrained=False`: no variable has a constraint."""
         reduce = strategy._reduce_gradients if aggregate else None
         if self.gradient_accumulation_steps:
             self._accumulate_and_update(grads, variables, reduce)
@@ -350,7 +354,8 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
             strategy._release_gradients()  # the reduced buffers may be written again
         if self.use_ema:
             self._update_moving_averages()
-        self._apply_constraints(variables)
+        if constrained:
+            self._apply_constraints(variables)
 
     @staticmethod
     def _cast(grads, variables):

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from distopt import _variable
 from distopt._variable import Variable
 
 # One-element type sets: `set(map(type, xs)) == _TUPLES` checks a whole list at C speed.
@@ -117,16 +118,26 @@ def check_gradients(grads: list, variables: list[Variable], known: dict | None) 
 
 class ListFacts:
     """What a built optimizer knows once about a variable list that passed
-    `check_gradients`: no duplicate, no unknown variable, and each variable's shape and
-    dtype (fixed for a variable's life). Holds the variables, so their ids are not reused."""
+    `check_gradients`: no duplicate, no unknown variable, each variable's shape and dtype
+    (fixed for a variable's life) and, while `_variable.revision` stays at `revision`,
+    whether any overwrites with its gradient or has a constraint, and the strategies the
+    variables are bound to. Holds the variables, so their ids are not reused."""
 
-    __slots__ = ("variables", "shapes", "dtypes", "dtype")
+    __slots__ = ("variables", "shapes", "dtypes", "dtype", "revision", "overwrite",
+                 "constrained", "bound")  # fmt: skip
 
     def __init__(self, variables: tuple):
         self.variables = variables
         self.shapes = [v._value.shape for v in variables]
         self.dtypes = [v._value.dtype for v in variables]
         self.dtype = {self.dtypes[0]} if len(set(self.dtypes)) == 1 else None
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.revision = _variable.revision[0]
+        self.overwrite = any(v.overwrite_with_gradient for v in self.variables)
+        self.constrained = any(v.constraint is not None for v in self.variables)
+        self.bound = {v._strategy for v in self.variables} - {None}
 
 
 def steady_gradients(grads: list, facts: ListFacts) -> bool | None:
@@ -149,7 +160,10 @@ def list_facts(cache: dict, variables: list[Variable], known: dict) -> ListFacts
     and remembered when they are unique, non-empty and all in `known`; else None."""
     held = tuple(variables)
     facts = cache.get(held)
-    if facts is None and held:
+    if facts is not None:
+        if facts.revision != _variable.revision[0]:
+            facts.refresh()
+    elif held:
         unique = set(map(id, held))
         if len(unique) == len(held) and unique <= known.keys():
             if len(cache) >= 8:
