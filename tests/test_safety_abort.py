@@ -32,6 +32,14 @@ import distopt
 from distopt.distribute import MPIStrategy
 
 mode = sys.argv[1]
+if mode.startswith("absent"):  # rank 1 never creates the strategy
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_rank() == 1:
+        if mode == "absent-busy":
+            time.sleep(300)
+        sys.exit(0)
+    print(f"MARK {time.time()}", flush=True)
 strategy = MPIStrategy() if mode == "env" else MPIStrategy(collective_timeout=float(sys.argv[2]))
 rank, size = strategy.communicator.rank, strategy.num_replicas_in_sync
 with strategy.scope():
@@ -130,6 +138,24 @@ def test_rank_dying_ends_the_job(tmp_path, n):
     # mpiexec ends the job when a rank dies; the deadline would otherwise name it.
     assert after_mark <= DEADLINE + SLACK, f"took {after_mark:.1f} s:\n{out}"
     assert "rank 0 finished" not in out
+
+
+@pytest.mark.parametrize(
+    "n, mode, launcher",
+    [(2, "absent-busy", "mpiexec"), (2, "absent-exit", "mpiexec"), (3, "absent-busy", "mpiexec"),
+     (2, "absent-busy", "distoptrun")],
+)  # fmt: skip
+def test_rank_never_creating_the_strategy_aborts_at_the_deadline(tmp_path, n, mode, launcher):
+    code, out, after_mark, _ = launch(tmp_path, n, mode, launcher)
+    assert code == 124, out
+    assert "collective deadline exceeded on rank 0" in out
+    assert "`MPIStrategy creation` (duplicating the communicator) did not complete within " \
+           f"collective_timeout={DEADLINE:g} s" in out  # fmt: skip
+    assert f"arrived: {others(n)}" in out
+    assert "rank 1: has not started creating its MPIStrategy" in out
+    assert "rank 0 finished" not in out
+    assert DEADLINE <= after_mark <= DEADLINE + SLACK, f"took {after_mark:.1f} s:\n{out}"
+    print(f"ended {after_mark:.2f} s after rank 0 reached the creation")
 
 
 def test_deadline_from_the_environment(tmp_path):

@@ -183,6 +183,31 @@ def test_message_is_identical_on_every_rank(world, comm_world):
         assert f"({r + 1},)" in texts[0]
 
 
+@pytest.mark.parametrize("through_env", [False, True])
+def test_strategy_options_disagree(comm_world, monkeypatch, through_env):
+    """Ranks creating their strategies with different options all raise, before any of them
+    takes a different path through the creation's collectives (which would hang)."""
+    rank, size = comm_world.rank, comm_world.size
+    kwargs = {"collective_timeout": 60}
+    if through_env:
+        monkeypatch.setenv("DISTOPT_SHARED_MEMORY", "0" if rank == 1 else "1")
+    else:
+        kwargs["shard_optimizer_state"] = rank == 1
+    with pytest.raises(CollectiveMismatchError) as info:
+        MPIStrategy(**kwargs)
+    text = str(info.value)
+    assert "Ranks disagree about `MPIStrategy creation` (collective #0, step 0)" in text
+    if through_env:
+        assert f"{others(rank, size)}: gradient_reduce_op=SUM, bucket_bytes=26214400, " \
+               "shared_memory=True, " in text  # fmt: skip
+        assert "rank 1: gradient_reduce_op=SUM, bucket_bytes=26214400, shared_memory=False" in text
+    else:
+        assert "shard_optimizer_state=False, compression=None; rank 1: " in text
+    assert len(set(comm_world.allgather(text))) == 1
+    monkeypatch.delenv("DISTOPT_SHARED_MEMORY", raising=False)
+    check_still_works(MPIStrategy(collective_timeout=60), size)
+
+
 class _nothing:
     def __enter__(self):
         return self

@@ -24,7 +24,9 @@ DEADLINE_EXIT_CODE = 124
 OPERATIONS = (
     "collective", "gradient aggregation", "reduce", "all_reduce", "broadcast",
     "variable broadcast", "dataset step agreement", "gradient buffers", "parameter all-gather",
+    "MPIStrategy creation", "strategy close",
 )  # fmt: skip
+_CREATION = OPERATIONS.index("MPIStrategy creation")
 _STATE, _EXIT = 1, 2
 _MAX_EXIT_NOTICES = 64  # beyond this, exiting ranks stay silent (N^2 messages)
 
@@ -75,6 +77,10 @@ class Monitor:
         self.seq += 1
         self.current = (self.seq, op, self.step, time.monotonic())
 
+    def enter_creation(self) -> None:
+        """Starts the strategy's creation: collective #0, which the numbering does not count."""
+        self.current = (0, _CREATION, 0, time.monotonic())
+
     def leave(self) -> None:
         cur = self.current
         if cur is not None:
@@ -119,6 +125,8 @@ class Monitor:
 
 def _where(msg) -> str:
     _, seq, op, step, _, _ = (int(x) for x in msg)
+    if seq == 0 and op == _CREATION:
+        return "the strategy's creation"
     if seq == 0:
         return "before its first distopt collective"
     return f"collective #{seq} (`{_op_name(op)}`, step {step})"
@@ -170,6 +178,7 @@ class _Watchdog:
     def __init__(self):
         self._monitors: weakref.WeakSet = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._ticking = threading.Lock()  # held while monitors are ticked
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -183,6 +192,12 @@ class _Watchdog:
                 self._thread.start()
                 atexit.register(self.shutdown)
 
+    def discard(self, monitor: Monitor) -> None:
+        """Stops watching `monitor`; returns once no tick is using it (before its comm is freed)."""
+        with self._ticking, self._lock:
+            self._monitors.discard(monitor)
+            monitor.channel = None
+
     def _snapshot(self) -> list[Monitor]:
         with self._lock:
             return list(self._monitors)
@@ -193,9 +208,11 @@ class _Watchdog:
             tick = min([1.0] + [max(0.05, m.timeout / 10) for m in monitors])
             if self._stop.wait(tick):
                 return
-            now = time.monotonic()
-            for m in monitors:
-                m._tick(now)
+            with self._ticking:
+                now = time.monotonic()
+                for m in monitors:
+                    if m in self._monitors:
+                        m._tick(now)
 
     def shutdown(self) -> None:
         """Stops the thread, then tells peers this rank is exiting (runs before MPI_Finalize)."""

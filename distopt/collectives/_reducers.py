@@ -64,6 +64,14 @@ class PieceReducer:
         return None
 
 
+def resolve_shared_memory(shared_memory):
+    """`shared_memory`, with "auto" overridden by env DISTOPT_SHARED_MEMORY=0/1."""
+    if shared_memory == "auto":
+        env = os.environ.get(SHARED_MEMORY_ENV, "").strip().lower()
+        return {"0": False, "false": False, "1": True, "true": True}.get(env, "auto")
+    return shared_memory
+
+
 def make_reducer(
     communicator, shared_memory="auto", compression=None, piece_bytes=None, _ranks_per_node=None
 ):
@@ -73,9 +81,7 @@ def make_reducer(
     Collective: call on all ranks, in the same order, with the same arguments.
     """
     piece_bytes = DEFAULT_PIECE_BYTES if piece_bytes is None else piece_bytes
-    if shared_memory == "auto":
-        env = os.environ.get(SHARED_MEMORY_ENV, "").strip().lower()
-        shared_memory = {"0": False, "false": False, "1": True, "true": True}.get(env, "auto")
+    shared_memory = resolve_shared_memory(shared_memory)
     if shared_memory not in (True, False, "auto"):
         raise ValueError(
             "Argument `shared_memory` must be True, False or 'auto'. "

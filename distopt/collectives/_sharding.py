@@ -89,6 +89,7 @@ class Sharding:
                 arena[a:b] = staging[a:b]
 
     def close(self) -> None:
+        """Frees the staging windows. Collective: call on all ranks, in the same order."""
         for win, _ in self._staging.values():
             win.Unlock_all()
             win.Free()

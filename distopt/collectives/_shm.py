@@ -57,6 +57,14 @@ class NodeGroups:
         self.max_local_size = int(maxima[0])
         self.num_nodes = int(totals[1])
 
+    def free(self) -> None:
+        """Frees the node and leaders' communicators. Collective: call on all ranks."""
+        from mpi4py import MPI
+
+        for comm in (self.node, self.leaders):
+            if comm != MPI.COMM_NULL:
+                comm.Free()
+
 
 def _share(n: int, itemsize: int, part: int, parts: int) -> tuple[int, int]:
     per = -(-n // parts)
@@ -206,10 +214,14 @@ class SharedMemoryReducer:
                 np.divide(buf, size, out=buf)
 
     def close(self) -> None:
-        """Frees every window. Collective: call on all ranks of the node."""
+        """Frees every window and communicator. Collective: call on all ranks, in the same order."""
         for shared in self._shared.values():
             shared.free()
         self._shared.clear()
+        leaders = self.__dict__.pop("_leaders", None)
+        if leaders is not None:
+            leaders.close()
+        self.groups.free()
 
 
 def make_node_reducer(communicator, piece_bytes, compression=None, ranks_per_node=None):

@@ -67,6 +67,13 @@ class Communicator(abc.ABC):
     def abort(self, errorcode: int = 1) -> None:
         """Ends every process of the job at once (MPI_Abort); does not return."""
 
+    def close(self) -> None:
+        """Frees what this communicator holds (nothing by default); idempotent.
+
+        Collective: call on all ranks, in the same order.
+        """
+        return None
+
     def side_channel(self):
         """The point-to-point control channel of the deadline watchdog (None: not needed)."""
         return None

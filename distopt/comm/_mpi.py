@@ -17,16 +17,17 @@ def _mpi():
 
 class MPICommunicator(Communicator):
     """Wraps a private `Dup()` of `comm` (default `MPI.COMM_WORLD`), so our traffic never
-    matches the application's own messages."""
+    matches the application's own messages. `dup(comm)` makes the copy (default `comm.Dup()`).
+    Collective: create on all ranks of `comm`, in the same order."""
 
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, *, dup=None):
         MPI = _mpi()
         base = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(base, MPI.Intracomm):
             raise TypeError(
                 f"Argument `comm` must be an mpi4py intracommunicator. Received: {comm!r}"
             )
-        self._comm = base.Dup()
+        self._comm = base.Dup() if dup is None else dup(base)
         self.rank = self._comm.Get_rank()
         self.size = self._comm.Get_size()
         self._ops = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX}
@@ -72,6 +73,16 @@ class MPICommunicator(Communicator):
 
     def abort(self, errorcode: int = 1) -> None:
         self._comm.Abort(errorcode)
+
+    def close(self) -> None:
+        """Frees the private communicator (then `mpi_comm` is `MPI.COMM_NULL`); idempotent.
+
+        Collective: call on all ranks, in the same order.
+        """
+        MPI = _mpi()
+        if self._comm != MPI.COMM_NULL and not MPI.Is_finalized():
+            self._side = None
+            self._comm.Free()
 
     def side_channel(self) -> SideChannel:
         if self._side is None:

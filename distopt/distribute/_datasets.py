@@ -92,6 +92,7 @@ class _Iterator:
         Collective: call on all ranks, in the same order.
         """
         safety = self._strategy._safety
+        safety.check_open(DATASET)
         if not safety.active:
             return has, size, size
         detail = "shared dataset" if self._split else "per-rank datasets"

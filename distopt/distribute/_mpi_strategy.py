@@ -5,13 +5,15 @@ from __future__ import annotations
 from distopt.collectives import _timeline
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
 from distopt.collectives._compress import make_compression
+from distopt.collectives._creation import dup_with_deadline
 from distopt.collectives._deadline import resolve_timeout
-from distopt.collectives._reducers import make_reducer
+from distopt.collectives._guard import Signature
+from distopt.collectives._reducers import make_reducer, resolve_shared_memory
 from distopt.collectives._sharding import Sharding
 from distopt.comm import MPICommunicator
 from distopt.distribute._abort import install_excepthook
 from distopt.distribute._reduce_op import ReduceOp
-from distopt.distribute._safety import PARAMETER_ALLGATHER
+from distopt.distribute._safety import CREATION, PARAMETER_ALLGATHER
 from distopt.distribute._strategy import Strategy
 
 
@@ -21,7 +23,10 @@ class MPIStrategy(Strategy):
     Gradients are SUM-all-reduced, as tf.keras (scale your loss by the global batch, e.g. with
     `distopt.losses.compute_average_loss`); `gradient_reduce_op=ReduceOp.MEAN` gives Horovod's
     average. `comm` defaults to a private `Dup()` of `MPI.COMM_WORLD`. Creating the strategy is
-    collective: do it on all ranks.
+    collective: do it on all ranks, in the same order, with the same options (ranks that pass
+    different ones all raise `CollectiveMismatchError`); it has the deadline below, and names
+    the ranks that never arrived (up to 64 ranks, each sends the others one 8-byte message on
+    `comm` for this). `close()` frees the strategy's communicators and windows.
 
     Safety: ranks that disagree about a collective all raise `CollectiveMismatchError`; a
     collective that takes longer than `collective_timeout` seconds (default
@@ -70,19 +75,41 @@ class MPIStrategy(Strategy):
                 "Argument `shard_optimizer_state` must be True or False. "
                 f"Received: shard_optimizer_state={shard_optimizer_state!r}"
             )
-        resolve_timeout(collective_timeout)  # a bad value fails before the collective Dup
-        super().__init__(
-            MPICommunicator(comm),
-            gradient_reduce_op=gradient_reduce_op,
-            bucket_bytes=bucket_bytes,
-            collective_timeout=collective_timeout,
-        )
-        self._gradient_reducer = make_reducer(self._communicator, shared_memory, wire)
-        self._optimizer_sharding = None
-        if shard_optimizer_state:
-            sharding = Sharding(self._communicator, self._gradient_reducer)
-            sharding.allgather = self._safety.watched(PARAMETER_ALLGATHER, sharding.allgather)
-            self._optimizer_sharding = sharding
-        _timeline.bind(self._communicator)
+        # Bad values fail here, before the collective Dup.
+        timeout = resolve_timeout(collective_timeout)
+        op = self._check_options(gradient_reduce_op, bucket_bytes)
+        shared_memory = resolve_shared_memory(shared_memory)
+        communicator = MPICommunicator(comm, dup=lambda base: dup_with_deadline(base, timeout))
+        self._gradient_reducer = self._optimizer_sharding = None
+        try:
+            super().__init__(
+                communicator,
+                gradient_reduce_op=op,
+                bucket_bytes=bucket_bytes,
+                collective_timeout=timeout,
+            )
+            options = (f"gradient_reduce_op={op.name}, bucket_bytes={bucket_bytes}, "
+                       f"shared_memory={shared_memory!r}, shard_optimizer_state="
+                       f"{shard_optimizer_state}, compression={compression!r}")  # fmt: skip
+            with self._safety.creating(Signature(CREATION, options, ())):
+                self._gradient_reducer = make_reducer(communicator, shared_memory, wire)
+                if shard_optimizer_state:
+                    sharding = Sharding(communicator, self._gradient_reducer)
+                    allgather = self._safety.watched(PARAMETER_ALLGATHER, sharding.allgather)
+                    sharding.allgather = allgather
+                    self._optimizer_sharding = sharding
+                _timeline.bind(communicator)
+        except BaseException:
+            if self._gradient_reducer is not None:
+                self._gradient_reducer.close()
+            if "_safety" in self.__dict__:
+                self._safety.close("its creation failed.")
+            communicator.close()
+            raise
         if self.num_replicas_in_sync > 1:
             install_excepthook()
+
+    def _free_resources(self) -> None:
+        if self._optimizer_sharding is not None:
+            self._optimizer_sharding.close()
+        super()._free_resources()

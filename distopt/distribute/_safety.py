@@ -7,8 +7,10 @@ Callers bracket the payload with `begin` ... `try: ... finally: end()`.
 
 from __future__ import annotations
 
+import contextlib
+
 from distopt.collectives import _guard
-from distopt.collectives._deadline import OPERATIONS, Monitor, resolve_timeout
+from distopt.collectives._deadline import _WATCHDOG, OPERATIONS, Monitor, resolve_timeout
 from distopt.collectives._guard import Signature
 
 GRADIENTS = OPERATIONS.index("gradient aggregation")
@@ -19,6 +21,8 @@ VARIABLE_BROADCAST = OPERATIONS.index("variable broadcast")
 DATASET = OPERATIONS.index("dataset step agreement")
 BUFFERS = OPERATIONS.index("gradient buffers")
 PARAMETER_ALLGATHER = OPERATIONS.index("parameter all-gather")
+CREATION = OPERATIONS.index("MPIStrategy creation")
+CLOSE = OPERATIONS.index("strategy close")
 _MAX_CACHED = 64
 
 
@@ -31,6 +35,7 @@ class CollectiveSafety:
         self.active = communicator.size > 1
         self.monitor = Monitor(communicator, self.timeout)
         self._gradient_signatures: dict[int, tuple[object, Signature]] = {}
+        self.closed: str | None = None  # after `close()`: why every collective now raises
 
     @property
     def step(self) -> int:
@@ -42,6 +47,8 @@ class CollectiveSafety:
 
         Collective: call on all ranks, in the same order.
         """
+        if self.closed is not None:
+            self.check_open(op)
         monitor = self.monitor
         if op == GRADIENTS:
             monitor.step += 1
@@ -56,8 +63,31 @@ class CollectiveSafety:
                 monitor.step -= 1
             raise
 
+    def check_open(self, op: int) -> None:
+        """Raises RuntimeError once the strategy is closed."""
+        if self.closed is not None:
+            raise RuntimeError(f"Cannot run `{OPERATIONS[op]}`: {self.closed}")
+
     def end(self) -> None:
         self.monitor.leave()
+
+    @contextlib.contextmanager
+    def creating(self, signature: Signature):
+        """Brackets the collectives that create the strategy (deadline, and the guard on its
+        options, as collective #0). Collective: call on all ranks, in the same order."""
+        monitor = self.monitor
+        monitor.enter_creation()
+        try:
+            if self.active:
+                _guard.check(self.communicator, signature, 0, 0)
+            yield
+        finally:
+            monitor.leave()
+
+    def close(self, reason: str) -> None:
+        """Every later collective raises RuntimeError(`reason`); the watchdog stops asking peers."""
+        self.closed = reason
+        _WATCHDOG.discard(self.monitor)
 
     def gradient_signature(self, plan, variables, op: int = GRADIENTS) -> Signature | None:
         """The signature of aggregating `variables`; cached on their plan (None: no plan yet)."""

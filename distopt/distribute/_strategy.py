@@ -11,13 +11,20 @@ import numpy as np
 from distopt._variable import Variable, _VariableCreationHook
 from distopt.collectives import BucketPlan
 from distopt.collectives._bucket import DEFAULT_BUCKET_BYTES
+from distopt.collectives._guard import Signature
 from distopt.collectives._reducers import PieceReducer
 from distopt.comm import Communicator, LocalCommunicator
 from distopt.distribute import _context, _datasets
 from distopt.distribute._collective_methods import CollectiveMethods
 from distopt.distribute._reduce_op import ReduceOp
 from distopt.distribute._replica_context import ReplicaContext
-from distopt.distribute._safety import BUFFERS, GRADIENTS, VARIABLE_BROADCAST, CollectiveSafety
+from distopt.distribute._safety import (
+    BUFFERS,
+    CLOSE,
+    GRADIENTS,
+    VARIABLE_BROADCAST,
+    CollectiveSafety,
+)
 
 
 class Strategy(CollectiveMethods, _datasets.DatasetMethods):
@@ -45,6 +52,17 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
                 "Argument `communicator` must be a `distopt.comm.Communicator`. "
                 f"Received: {communicator!r}"
             )
+        op = self._check_options(gradient_reduce_op, bucket_bytes)
+        self._safety = CollectiveSafety(communicator, collective_timeout)
+        self._communicator = communicator
+        self._gradient_reduce_op = op
+        self._bucket_bytes = bucket_bytes
+        self._plans: dict[tuple, BucketPlan] = {}
+        self._plans_lock = threading.Lock()
+        self._recent_plans: dict[tuple, tuple] = {}
+
+    @staticmethod
+    def _check_options(gradient_reduce_op, bucket_bytes) -> ReduceOp:
         op = ReduceOp.from_any(gradient_reduce_op)
         if op not in (ReduceOp.SUM, ReduceOp.MEAN):
             raise ValueError(
@@ -55,13 +73,7 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
             raise ValueError(
                 f"Argument `bucket_bytes` must be a positive int. Received: {bucket_bytes!r}"
             )
-        self._safety = CollectiveSafety(communicator, collective_timeout)
-        self._communicator = communicator
-        self._gradient_reduce_op = op
-        self._bucket_bytes = bucket_bytes
-        self._plans: dict[tuple, BucketPlan] = {}
-        self._plans_lock = threading.Lock()
-        self._recent_plans: dict[tuple, tuple] = {}
+        return op
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -114,6 +126,7 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         variables, in the same order, on all ranks. Re-entering the same scope is allowed;
         entering it inside `run` or inside another strategy's scope raises RuntimeError.
         """
+        self._check_open("scope()")
         self._require_cross_replica("scope()")
         with _VariableCreationHook(self._on_variable_created), _context._entered(self, None):
             yield self
@@ -129,6 +142,7 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
             raise TypeError(f"Argument `args` must be a tuple or list. Received: args={args!r}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"Argument `kwargs` must be a dict. Received: kwargs={kwargs!r}")
+        self._check_open("run()")
         self._require_cross_replica("run()")
         replica_context = self._replica_context(self._communicator.rank)
         with (
@@ -196,6 +210,7 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
                 raise TypeError(
                     f"`gradient_buffers` takes distopt.Variable objects. Received: {v!r}"
                 )
+        self._check_open("gradient_buffers()")
         key, plan = self._cached_plan(var_list)
         if plan is None:
             if not getattr(self._reducer, "shared_memory", False):  # local plans: no agreement
@@ -235,6 +250,42 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         """
         self._reducer.release()
 
+    # -- closing ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Frees the communicators and shared-memory windows this strategy created.
+
+        Afterwards `scope()`, `run()`, `gradient_buffers()` and every collective of this
+        strategy raise RuntimeError (so does `apply_gradients` of an optimizer bound to it),
+        and arrays returned by `gradient_buffers` must not be used again. Closing twice does
+        nothing. The garbage collector never closes a strategy, since freeing is collective.
+        Collective: call on all ranks, in the same order.
+        """
+        safety = self._safety
+        if safety.closed is not None:
+            return
+        self._require_cross_replica("close()")
+        safety.begin(CLOSE, Signature(CLOSE, "", ()) if safety.active else None)
+        try:
+            self._free_resources()
+        finally:
+            safety.end()
+        with self._plans_lock:
+            self._plans.clear()
+        self._recent_plans.clear()
+        safety.close(
+            f"{self!r} was closed: `close()` freed its communicator and shared memory. Create "
+            "a new strategy (and the variables and optimizers under its scope) to go on."
+        )
+        self._communicator.close()
+
+    def _free_resources(self) -> None:
+        """Frees the reducer's windows and communicators (the strategy's own one comes last)."""
+        self._reducer.close()
+
+    def _check_open(self, what: str) -> None:
+        if self._safety.closed is not None:
+            raise RuntimeError(f"Cannot call `{what}`: {self._safety.closed}")
+
     @property
     def _reducer(self):
         """Allocates gradient buckets and all-reduces them (collectives/_reducers.py)."""
@@ -270,6 +321,12 @@ class _DefaultStrategy(Strategy):
 
     def _on_variable_created(self, variable: Variable) -> None:
         return None
+
+    def close(self) -> None:
+        raise RuntimeError(
+            "The default strategy cannot be closed: it holds no communicator. Call `close()` "
+            "on the strategy you created (e.g. your MPIStrategy)."
+        )
 
     def _reduce_gradients(self, grads, variables):
         return [
