@@ -1,16 +1,19 @@
 """The deadline of a strategy's first collective: duplicating the user's communicator.
 
 The watchdog of `_deadline.py` asks peers on the strategy's own communicator, which does not
-exist until `Dup` completes, so the duplication runs its own deadline on the calling thread:
-a nonblocking `Idup`, polled until it completes or `timeout` passes. To name the ranks that
-never arrived, each rank first sends every other rank one 8-byte "arrived" message on the
-base communicator (a tag no collective uses; only up to `_MAX_NOTICES` ranks).
+exist until `Dup` completes, so the duplication has its own timer thread, which aborts the job
+if `Dup` has not returned within the timeout. (A nonblocking `Idup` polled on the calling
+thread needs no thread, but with it our MPI suite hung at 3 and 4 ranks in 2 of 4 runs, under
+MPICH 5.0.) To name the ranks that never arrived, each rank first sends every other rank one
+8-byte "arrived" message on the base communicator (a tag no collective uses; up to
+`_MAX_NOTICES` ranks, and only when MPI allows threads to call it concurrently).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 
 import numpy as np
@@ -33,27 +36,30 @@ def dup_with_deadline(base, timeout: float):
     from mpi4py import MPI
 
     rank = base.Get_rank()
-    start = time.monotonic()
-    peers = [p for p in range(size) if p != rank] if size <= _MAX_NOTICES else []
+    notify = size <= _MAX_NOTICES and MPI.Query_thread() >= MPI.THREAD_MULTIPLE
+    peers = [p for p in range(size) if p != rank] if notify else []
     token = np.array([rank], dtype=np.int64)
-    receives = {p: np.empty(1, dtype=np.int64) for p in peers}
-    pending = {p: base.Irecv(buf, source=p, tag=_TAG_ARRIVED) for p, buf in receives.items()}
+    buffers = [np.empty(1, dtype=np.int64) for _ in peers]
+    receives = [base.Irecv(b, source=p, tag=_TAG_ARRIVED) for p, b in zip(peers, buffers)]
     sends = [base.Isend(token, dest=p, tag=_TAG_ARRIVED) for p in peers]
-    dup, request = base.Idup()
-    pause = 1e-5
-    while True:
-        done = request.Test()
-        for p, req in list(pending.items()):
-            if req.Test():
-                del pending[p]
-        if done and not pending:
-            break
-        elapsed = time.monotonic() - start
-        if elapsed > timeout:
-            _expire(base, rank, size, timeout, sorted(pending) if peers else None)
-        time.sleep(pause)
-        pause = min(0.01, pause * 2, max(1e-5, elapsed / 20))
-    MPI.Request.Waitall(sends)  # every peer posted its receive before its Idup completed
+    done = threading.Event()
+
+    def watch():
+        if done.wait(timeout):
+            return
+        missing = [p for p, req in zip(peers, receives) if not req.Test()] if notify else None
+        if not done.is_set():
+            _expire(base, rank, size, timeout, missing)
+
+    timer = threading.Thread(target=watch, name="distopt-creation-deadline", daemon=True)
+    timer.start()
+    try:
+        dup = base.Dup()
+    finally:
+        done.set()
+        timer.join()  # the requests below are then this thread's alone
+    # Every peer sent its notice and posted its receives before entering its Dup.
+    MPI.Request.Waitall(receives + sends)
     return dup
 
 
