@@ -3,7 +3,7 @@
 The watchdog of `_deadline.py` asks peers on the strategy's own communicator, which does not
 exist until `Dup` completes, so the duplication has its own timer thread, which aborts the job
 if `Dup` has not returned within the timeout. (A nonblocking `Idup` polled on the calling
-thread needs no thread, but with it our MPI suite hung at 3 and 4 ranks in 2 of 4 runs, under
+thread needs no thread, but with it 3 of 5 runs of our MPI suite at 3-4 ranks hung, under
 MPICH 5.0.) To name the ranks that never arrived, each rank first sends every other rank one
 8-byte "arrived" message on the base communicator (a tag no collective uses; up to
 `_MAX_NOTICES` ranks, and only when MPI allows threads to call it concurrently).
