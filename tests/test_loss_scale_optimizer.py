@@ -308,3 +308,24 @@ def test_overwrite_gradients_are_max_reduced_and_their_nan_skips_everywhere(comm
         np.testing.assert_allclose(k, [-size, -size * (size - 1) / 2.0], rtol=1e-12)
         np.testing.assert_array_equal(a, [size - 1.0])
         assert scale == 1.0
+
+
+@pytest.mark.parametrize("n", [3, 1 << 17])  # one check of the concatenation / one per tensor
+@pytest.mark.parametrize("bad", [None, np.inf, -np.inf, np.nan])
+def test_finiteness_over_mixed_dtypes_sizes_and_none(n, bad):
+    from distopt.optimizers.loss_scale_optimizer import _all_finite
+
+    grads = [
+        np.ones(n, np.float32),
+        None,
+        np.arange(5, dtype=np.int64) * (1 << 60),  # huge but finite integers
+        np.full((2, 2), 60000, np.float16),
+        np.ones(n),
+    ]
+    if bad is not None:
+        grads[3][1, 1] = bad  # a float16 inf/nan survives the widening concatenation
+    assert _all_finite(iter(grads)) is (bad is None)
+    grads[3][1, 1] = 1
+    grads[-1][-1] = np.nan if bad is not None else 0.0
+    assert _all_finite(grads) is (bad is None)
+    assert _all_finite([None]) is True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from distopt._variable import Variable
@@ -23,8 +25,17 @@ _BASE_DEFAULTS = {
 }
 
 
+_CONCAT_ELEMENTS = 1 << 16  # below this, one check of the concatenation beats one per tensor
+_size = operator.attrgetter("size")
+
+
 def _all_finite(grads) -> bool:
-    return all(bool(np.all(np.isfinite(g))) for g in grads if g is not None)
+    present = [g for g in grads if g is not None]
+    if not present:
+        return True
+    if sum(map(_size, present)) <= _CONCAT_ELEMENTS:  # widening casts keep (non-)finiteness
+        return bool(np.isfinite(np.concatenate(present, axis=None)).all())
+    return all(np.isfinite(g).all() for g in present)
 
 
 class LossScaleOptimizer(Optimizer):
