@@ -1,5 +1,8 @@
 """ZeRO-1: `MPIStrategy(shard_optimizer_state=True)` gives the same bits with 1/N of the state."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -20,6 +23,14 @@ CASES = [
     ("nadam", {}),
     ("ftrl", {"l1_regularization_strength": 0.01}),
     ("lion", {"global_clipnorm": 1.0}),
+    # Per-tensor maths: each rank owns whole tensors.
+    ("adafactor", {}),
+    ("adafactor", {"weight_decay": 0.01, "clipnorm": 1.0}),
+    ("lamb", {}),
+    ("lamb", {"weight_decay": 0.01, "use_ema": True}),
+    ("muon", {}),
+    ("muon", {"exclude_embeddings": False, "gradient_accumulation_steps": 2}),
+    ("loss_scale_lamb", {"initial_scale": 8.0}),
 ]
 
 
@@ -30,7 +41,11 @@ def _train(name, options, shard, shared_memory, dtype="float32", steps=3):
     with strategy.scope():
         rng = np.random.default_rng(0)
         variables = [distopt.Variable(rng.standard_normal(s), dtype=dtype) for s in SHAPES]
-        opt = _registry._BUILTINS[name](learning_rate=0.01, **options)
+        if name == "loss_scale_lamb":
+            inner = distopt.optimizers.Lamb(learning_rate=0.01)
+            opt = distopt.optimizers.LossScaleOptimizer(inner, **options)
+        else:
+            opt = _registry._BUILTINS[name](learning_rate=0.01, **options)
     rng = np.random.default_rng(100 + rank)
     for _ in range(steps):
         grads = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
@@ -42,8 +57,10 @@ def _train(name, options, shard, shared_memory, dtype="float32", steps=3):
 @pytest.mark.parametrize("shared_memory", [True, False])
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}{o}" for n, o in CASES])
 def test_sharded_state_gives_the_same_bits(comm_world, name, options, shared_memory):
-    _, _, plain = _train(name, options, False, shared_memory)
+    _, plain_opt, plain = _train(name, options, False, shared_memory)
     strategy, opt, sharded = _train(name, options, True, shared_memory)
+    # Keras's state names and order hold (a rank's slots for others' tensors are empty).
+    assert [v.path for v in opt.variables] == [v.path for v in plain_opt.variables]
     for a, b in zip(plain, sharded):
         assert a.numpy().tobytes() == b.numpy().tobytes()
     blobs = strategy.communicator.allgather_bytes(b"".join(v.numpy().tobytes() for v in sharded))
@@ -79,15 +96,83 @@ def test_state_memory_per_rank_is_one_nth(comm_world):
     assert abs(sum(everyone) - 1) < 1e-12
 
 
+def _slot_bytes(opt):
+    return sum(v.value.nbytes for v in opt.variables if v.ndim)  # scalars: step counters
+
+
 @pytest.mark.mpi
-def test_per_tensor_optimizer_is_refused_and_nothing_changes(comm_world):
+@pytest.mark.parametrize("name", ["adafactor", "lamb", "muon"])
+def test_per_tensor_state_memory_per_rank_is_one_nth(comm_world, name):
+    """ResNet-50's 161 tensor sizes (1-D): whole tensors balanced over the ranks."""
+    size = comm_world.Get_size()
+    sizes = json.loads((Path(__file__).parent / "data" / "resnet50_grad_sizes.json").read_text())
+    variables = [distopt.Variable(np.zeros(n, np.float32)) for n in sizes["sizes"]]
+    plain = _registry._BUILTINS[name](learning_rate=0.01)
+    plain.build(variables)
+    whole = _slot_bytes(plain)
+    del plain
+    strategy = MPIStrategy(shard_optimizer_state=True)
+    with strategy.scope():
+        variables = [distopt.Variable(np.zeros(n, np.float32)) for n in sizes["sizes"]]
+        opt = _registry._BUILTINS[name](learning_rate=0.01)
+    opt.build(variables)
+    everyone = [b / whole for b in comm_world.allgather(_slot_bytes(opt))]
+    assert abs(sum(everyone) - 1) < 1e-12  # every tensor's state on exactly one rank
+    for fraction in everyone:
+        assert abs(fraction - 1 / size) <= 0.05 / size, everyone
+    if comm_world.rank == 0:
+        print(f"{name} state per rank at {size} ranks: {[f'{f:.5f}' for f in everyone]}")
+
+
+def _step(strategy, opt, variables, seed):
+    rng = np.random.default_rng(seed + strategy.communicator.rank)
+    grads = [rng.standard_normal(v.shape).astype(v.dtype) for v in variables]
+    strategy.run(lambda: opt.apply_gradients(zip(grads, variables)))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("name", ["adafactor", "lamb", "muon"])
+def test_per_tensor_sharded_state_saves_and_loads(comm_world, name):
+    strategy, opt, variables = _train(name, {}, True, True, steps=2)
+    store = {}
+    opt.save_own_variables(store)
+    saved = [v.numpy() for v in variables]
+    _step(strategy, opt, variables, 7)
+    with strategy.scope():
+        again = [distopt.Variable(x) for x in saved]
+        fresh = _registry._BUILTINS[name](learning_rate=0.01)
+    fresh.build(again)
+    fresh.load_own_variables(store)
+    _step(strategy, fresh, again, 7)
+    for a, b in zip(variables, again):
+        assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+@pytest.mark.mpi
+def test_per_tensor_owners_balance_and_agree(comm_world):
+    strategy = MPIStrategy(shard_optimizer_state=True)
+    sharding = strategy._optimizer_sharding
+    owners = sharding.tensor_owners([5, 1, 5, 3, 3, 1, 0])
+    assert len(set(map(tuple, comm_world.allgather(owners)))) == 1
+    if comm_world.Get_size() == 2:
+        assert owners == [0, 0, 1, 0, 1, 1, 0]  # largest first: loads 9 and 9
+
+
+@pytest.mark.mpi
+def test_custom_per_tensor_optimizer_is_refused_and_nothing_changes(comm_world):
+    class Sign(distopt.optimizers.Optimizer):
+        def update_step(self, gradient, variable, learning_rate):
+            variable.assign_sub(np.sign(gradient) * learning_rate)
+
     distopt.utils.clear_session()
     strategy = MPIStrategy(shard_optimizer_state=True)
     with strategy.scope():
         v = distopt.Variable(np.ones((4, 4)))
-        opt = distopt.optimizers.Lamb(learning_rate=0.1)
+        opt = Sign(learning_rate=0.1)
     with pytest.raises(
-        ValueError, match=r"shards the state of elementwise optimizers.*Lamb updates whole tensors"
+        ValueError,
+        match=r"shards the state of elementwise optimizers .* by element and of Adafactor, "
+        r"Lamb and Muon by whole tensor; Sign defines neither",
     ):
         strategy.run(lambda: opt.apply_gradients([(np.ones((4, 4), np.float32), v)]))
     np.testing.assert_array_equal(v.numpy(), np.ones((4, 4), np.float32))

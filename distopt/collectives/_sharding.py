@@ -3,8 +3,11 @@ all-gather that hands every rank the parameters the others updated.
 
 Gradients are reduced exactly as without sharding (so the bits are the same); each rank then
 updates only its 1/N of every dtype's flat parameter arena, keeping optimizer state for that
-part alone, and the updated parts are all-gathered. On one node the all-gather goes through
-a shared-memory staging buffer; otherwise through `Allgatherv` in pieces.
+part alone, and the updated parts are all-gathered. Optimizers whose maths needs whole
+tensors (Adafactor, Lamb, Muon) own whole tensors instead (`tensor_owners`), laid out so that
+each rank's tensors are one block of the arena, which the same all-gather then fills. On one
+node the all-gather goes through a shared-memory staging buffer; otherwise through
+`Allgatherv` in pieces.
 """
 
 from __future__ import annotations
@@ -37,25 +40,40 @@ class Sharding:
         """This rank's [start, stop) of an arena of `n` elements of `dtype`."""
         return self.ranges(dtype, n)[self.rank]
 
-    def allgather(self, arenas) -> None:
+    def tensor_owners(self, weights) -> list[int]:
+        """The rank that updates each tensor, balancing the sum of `weights` per rank.
+
+        Greedy (largest first, ties by position; each to the least loaded rank, ties to the
+        lowest): deterministic, so every rank computes the same owners.
+        """
+        load = [0] * self.size
+        owners = [0] * len(weights)
+        for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
+            rank = min(range(self.size), key=lambda r: (load[r], r))
+            owners[i] = rank
+            load[rank] += weights[i]
+        return owners
+
+    def allgather(self, arenas, ranges=None) -> None:
         """Fills every rank's shards of each arena from their owners, in place.
 
+        `ranges[k]`: every rank's [start, stop) of `arenas[k]` (default: `self.ranges`).
         Collective: call on all ranks, in the same order, with arenas of the same sizes.
         """
         if self.size == 1:
             return
         with _timeline.span("allgather"):
-            for arena in arenas:
+            for k, arena in enumerate(arenas):
+                parts = self.ranges(arena.dtype, arena.size) if ranges is None else ranges[k]
                 if self._groups is not None:
-                    self._through_shared_memory(arena)
+                    self._through_shared_memory(arena, parts)
                 else:
-                    self._through_mpi(arena)
+                    self._through_mpi(arena, parts)
 
-    def _through_mpi(self, arena: np.ndarray) -> None:
+    def _through_mpi(self, arena: np.ndarray, ranges) -> None:
         from mpi4py import MPI
         from mpi4py.util.dtlib import from_numpy_dtype
 
-        ranges = self.ranges(arena.dtype, arena.size)
         datatype = from_numpy_dtype(arena.dtype)
         step = max(1, self.piece_bytes // arena.itemsize // self.size)
         longest = max(hi - lo for lo, hi in ranges)
@@ -65,7 +83,7 @@ class Sharding:
             displs = [min(lo + start, hi) for lo, hi in ranges]
             comm.Allgatherv(MPI.IN_PLACE, [arena, counts, displs, datatype])
 
-    def _through_shared_memory(self, arena: np.ndarray) -> None:
+    def _through_shared_memory(self, arena: np.ndarray, ranges) -> None:
         from mpi4py import MPI
 
         key = (arena.dtype, arena.size)
@@ -77,7 +95,6 @@ class Sharding:
             memory = win.Shared_query(0)[0]
             self._staging[key] = (win, np.frombuffer(memory, arena.dtype, arena.size))
         win, staging = self._staging[key]
-        ranges = self.ranges(arena.dtype, arena.size)
         lo, hi = ranges[self.rank]
         self._groups.node.Barrier()  # every rank has read the previous step's staging
         staging[lo:hi] = arena[lo:hi]

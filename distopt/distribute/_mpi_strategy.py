@@ -45,7 +45,10 @@ class MPIStrategy(Strategy):
     optimizer (created under this strategy's scope) for 1/N of every flat parameter arena,
     updates only that part, and all-gathers the parameters: 1/N of the state memory and of
     the update work, same bits as unsharded. Slot variables then hold this rank's part (1-D);
-    `save_own_variables` saves that part, to be loaded at the same world size.
+    `save_own_variables` saves that part, to be loaded at the same world size. Adafactor,
+    Lamb and Muon, whose maths needs whole tensors, are sharded by tensor instead: each rank
+    owns a balanced set of whole variables (by state size), keeps their state, updates them,
+    and the others' slot variables are empty placeholders (same names and order).
 
     `compression="bf16"` or `"fp16"` rounds float gradient buckets to 16 bits on the MPI wire
     (fp16 divides by the number of ranks before summing, against overflow); the sum is then

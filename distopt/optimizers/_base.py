@@ -40,6 +40,9 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
 
     _kernel = None  # elementwise maths: (w, g, *slots, *coefficients) -> (w, *slots)
     _kernel_slots: tuple[str, ...] = ()
+    # Per-tensor maths that may run on whole tensors owned by one rank under ZeRO-1: state is
+    # created only for them (`_state_from_reference`) and `update_step` sees only them.
+    _shards_whole_tensors = False
 
     def __init__(
         self,
@@ -195,7 +198,10 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         self._trainable_variables = variables
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
         movable = [v for v in variables if not v.overwrite_with_gradient]
-        self._layout = _engine.ArenaLayout(movable, self, sharding)
+        weights = None
+        if sharding is not None and self._kernel is None:  # per-tensor ZeRO-1
+            weights = [self._state_size(v) for v in movable]
+        self._layout = _engine.ArenaLayout(movable, self, sharding, weights)
         if self.use_ema:
             self._model_variables_moving_average = self.add_optimizer_variables(
                 variables, "average"
@@ -376,8 +382,11 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         applies in the same pass."""
         self._prepare_step(lr)
         if self._kernel is None:
+            owned = self._layout.owned  # per-tensor ZeRO-1: this rank's tensors; else None
             for g, v in zip(grads, variables):
-                self.update_step(g, v, lr)
+                if owned is None or id(v) in owned:
+                    self.update_step(g, v, lr)
+            self._layout.gather()
             return
         layout = self._layout
         for dt, in_step, in_place in layout.step_groups(variables):

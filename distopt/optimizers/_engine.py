@@ -291,12 +291,14 @@ def sharding_for(optimizer):
     sharding = getattr(optimizer._strategy, "_optimizer_sharding", None)
     if sharding is None or hasattr(optimizer, "inner_optimizer"):
         return None  # a wrapper (LossScaleOptimizer) leaves the updates to its inner optimizer
-    if optimizer._kernel is None:
+    if optimizer._kernel is None and not optimizer._shards_whole_tensors:
         raise ValueError(
             f"`MPIStrategy(shard_optimizer_state=True)` shards the state of elementwise "
-            f"optimizers (SGD, Adam, AdamW, RMSprop, ...); {type(optimizer).__name__} updates "
-            "whole tensors, so its state cannot be split elementwise. Create it under an "
-            "MPIStrategy with shard_optimizer_state=False."
+            f"optimizers (SGD, Adam, ...) by element and of Adafactor, Lamb and Muon by whole "
+            f"tensor; {type(optimizer).__name__} defines neither an elementwise kernel nor "
+            "`_shards_whole_tensors = True` (its `update_step` then only sees the tensors this "
+            "rank owns, and it creates state only for them). Create it under an MPIStrategy "
+            "with shard_optimizer_state=False."
         )
     return sharding
 
@@ -309,22 +311,36 @@ class ArenaLayout:
     one pass over (params, grads, slots) updates every variable of a dtype. With a ZeRO-1
     `sharding`, kernel slot arenas hold only this rank's part of each dtype's arena, and a
     slot variable's value is the 1-D part of its variable that falls in that range.
+
+    With `weights` too (per-tensor ZeRO-1), each variable has an owner rank (balancing the
+    weights, e.g. state sizes), each dtype's arena holds the variables by (owner, position),
+    so every rank's tensors are one block (`shards`), and `owned` is the set of ids of the
+    variables this rank updates (None without per-tensor sharding: all of them).
     """
 
-    def __init__(self, variables: Sequence, owner: object, sharding=None):
+    def __init__(self, variables: Sequence, owner: object, sharding=None, weights=None):
         self.variables = list(variables)
         self.index = {id(v): i for i, v in enumerate(self.variables)}
-        self.offsets: list[int] = []
         self.groups: dict[np.dtype, list[int]] = {}
-        totals: dict[np.dtype, int] = {}
         for i, v in enumerate(self.variables):
-            self.offsets.append(totals.get(v.dtype, 0))
-            totals[v.dtype] = totals.get(v.dtype, 0) + v.size
             self.groups.setdefault(v.dtype, []).append(i)
-        self.totals = totals
         self.sharding = sharding
+        self.owned = None
+        self.blocks: dict[np.dtype, list[tuple[int, int]]] = {}
+        order = self.groups
+        if sharding is not None and weights is not None:
+            order = self._assign_owners(sharding, weights)
+        self.offsets = [0] * len(self.variables)
+        totals: dict[np.dtype, int] = {}
+        for dt, members in order.items():
+            for i in members:
+                self.offsets[i] = totals.get(dt, 0)
+                totals[dt] = totals.get(dt, 0) + self.variables[i].size
+        self.totals = totals
         self.shards = {}
-        if sharding is not None:
+        if self.owned is not None:
+            self.shards = {dt: ranges[sharding.rank] for dt, ranges in self.blocks.items()}
+        elif sharding is not None:
             self.shards = {dt: sharding.shard_range(dt, n) for dt, n in totals.items()}
         self._step_groups: dict[tuple, list] = {}
         self.params: dict[np.dtype, np.ndarray | None] = {}
@@ -337,6 +353,35 @@ class ArenaLayout:
             else:
                 self.params[dt] = flat_span([self.variables[i].value for i in members])
 
+    def _assign_owners(self, sharding, weights) -> dict:
+        """Owners per dtype; returns each dtype's members in arena order (by owner)."""
+        taken = [v.path for v in self.variables if v._arena_owner is not None]
+        if taken:
+            raise ValueError(
+                "Under `shard_optimizer_state=True` an optimizer that updates whole tensors "
+                "lays its variables out by owner rank, so it cannot share them with another "
+                f"optimizer; {taken[:3]} already live in another optimizer's arena. Build one "
+                "optimizer per variable, or use shard_optimizer_state=False."
+            )
+        order, owned = {}, set()
+        for dt, members in self.groups.items():
+            owners = sharding.tensor_owners([weights[i] for i in members])
+            order[dt] = [i for _, i in sorted(zip(owners, members))]
+            owned.update(
+                id(self.variables[i]) for i, r in zip(members, owners) if r == sharding.rank
+            )
+            sizes = [0] * sharding.size
+            for i, r in zip(members, owners):
+                sizes[r] += self.variables[i].size
+            starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+            self.blocks[dt] = list(zip(starts[:-1], starts[1:]))
+        self.owned = owned
+        return order
+
+    def owns(self, variable) -> bool:
+        """Whether this rank updates `variable` (always, without per-tensor sharding)."""
+        return self.owned is None or id(variable) in self.owned
+
     def step_groups(self, variables) -> list[tuple]:
         """Per dtype: (dtype, positions in `variables`, whether they are exactly that dtype's
         arena in order, so one kernel pass covers them). Cached per variable list."""
@@ -347,7 +392,8 @@ class ArenaLayout:
             for dt, members in self.groups.items():
                 in_step = [k for k, v in enumerate(variables) if v.dtype == dt]
                 order = [self.index.get(id(variables[k])) for k in in_step]
-                groups.append((dt, in_step, self.params[dt] is not None and order == members))
+                flat = self.params[dt] is not None and order == members and self.owned is None
+                groups.append((dt, in_step, flat))
             if len(self._step_groups) >= 8:
                 self._step_groups.clear()
             self._step_groups[key] = groups
@@ -384,4 +430,5 @@ class ArenaLayout:
         Collective under sharding: call on all ranks, in the same order.
         """
         if self.sharding is not None:
-            self.sharding.allgather(list(self.params.values()))
+            blocks = [self.blocks[dt] for dt in self.params] if self.owned is not None else None
+            self.sharding.allgather(list(self.params.values()), blocks)

@@ -51,6 +51,20 @@ class SlotsMixin:
         value = _initial_value(initializer, ref.shape, ref.dtype)
         return self._track(_internal_variable(value, full, f"{self.name}/{full}", ref.dtype))
 
+    def _state_from_reference(self, reference_variable, name, initializer="zeros"):
+        """`add_variable_from_reference`, but under per-tensor ZeRO-1 a variable another
+        rank updates gets an empty 1-D placeholder (same name and place in `variables`)."""
+        if self._layout.owns(reference_variable):
+            return self.add_variable_from_reference(reference_variable, name, initializer)
+        ref = reference_variable
+        full = f"{ref.path.replace('/', '_')}_{name or 'var'}"
+        empty = np.empty(0, dtype=ref.dtype)
+        return self._track(_internal_variable(empty, full, f"{self.name}/{full}", ref.dtype))
+
+    def _state_size(self, variable) -> int:
+        """Elements of state kept for `variable` (balances per-tensor ZeRO-1 across ranks)."""
+        return variable.size
+
     def add_optimizer_variables(self, trainable_variables, name, initializer="zeros"):
         """Slots in the flat arenas, interleaved per variable; None for overwrite variables.
 

@@ -21,6 +21,8 @@ class Adafactor(Optimizer):
     normalised update is clipped to RMS `clip_threshold`.
     """
 
+    _shards_whole_tensors = True
+
     def __init__(
         self,
         learning_rate=0.001,
@@ -58,13 +60,21 @@ class Adafactor(Optimizer):
                 self._c.append(None)
             else:
                 shape = var.shape
-                self._r.append(self.add_variable(shape[:-1], dtype=var.dtype, name=var.name))
-                c_shape = shape[:-2] + shape[-1:]
+                owned = self._layout.owns(var)  # else an empty placeholder (ZeRO-1)
+                r_shape = shape[:-1] if owned else (0,)
+                c_shape = shape[:-2] + shape[-1:] if owned else (0,)
+                self._r.append(self.add_variable(r_shape, dtype=var.dtype, name=var.name))
                 self._c.append(self.add_variable(c_shape, dtype=var.dtype, name=var.name))
             if var.overwrite_with_gradient:
                 self._v.append(None)
             else:
-                self._v.append(self.add_variable_from_reference(var, "velocity"))
+                self._v.append(self._state_from_reference(var, "velocity"))
+
+    def _state_size(self, variable) -> int:
+        if variable.ndim < 2:
+            return variable.size
+        shape = variable.shape
+        return variable.size + int(np.prod(shape[:-1])) + int(np.prod(shape[:-2] + shape[-1:]))
 
     def update_step(self, gradient, variable, learning_rate):
         dt = variable.dtype.type

@@ -26,6 +26,8 @@ class Lamb(Optimizer):
     `distopt.optimizers.get("lamb")` works.
     """
 
+    _shards_whole_tensors = True
+
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
         check_moment_arguments(beta_1, beta_2, epsilon)
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -37,9 +39,16 @@ class Lamb(Optimizer):
         if self.built:
             return
         super().build(variables)
-        self._momentums, self._velocities = self.add_optimizer_variables(
-            variables, ["momentum", "velocity"]
-        )
+        if self._layout.owned is None:
+            self._momentums, self._velocities = self.add_optimizer_variables(
+                variables, ["momentum", "velocity"]
+            )
+        else:  # per-tensor ZeRO-1: state for this rank's tensors only, in the same order
+            self._momentums, self._velocities = [], []
+            for var in variables:
+                moving = not var.overwrite_with_gradient
+                for slots, name in ((self._momentums, "momentum"), (self._velocities, "velocity")):
+                    slots.append(self._state_from_reference(var, name) if moving else None)
         self._directions = {}  # per dtype: scratch the size of the dtype's arena
 
     def _direction_coefficients(self, dtype):
@@ -78,6 +87,9 @@ class Lamb(Optimizer):
         # only the norms and the final scaling are per tensor.
         self._prepare_step(lr)
         layout = self._layout
+        if layout.owned is not None:
+            super()._update_all(grads, variables, lr, fused)
+            return
         done = set()
         for dt, members in layout.groups.items():
             in_step = [k for k, v in enumerate(variables) if v.dtype == dt]

@@ -23,6 +23,8 @@ class Muon(Optimizer):
     `exclude_layers` matches its path; otherwise the Muon path (decay `weight_decay`).
     """
 
+    _shards_whole_tensors = True
+
     def __init__(
         self,
         learning_rate=0.001,
@@ -91,9 +93,12 @@ class Muon(Optimizer):
         for i, var in enumerate(variables):
             if var.overwrite_with_gradient:
                 continue
-            self.momentums[i] = self.add_variable_from_reference(var, "momentum")
+            self.momentums[i] = self._state_from_reference(var, "momentum")
             if self._should_use_adamw(var):
-                self.adam_velocities[i] = self.add_variable_from_reference(var, "velocity")
+                self.adam_velocities[i] = self._state_from_reference(var, "velocity")
+
+    def _state_size(self, variable) -> int:
+        return variable.size * (2 if self._should_use_adamw(variable) else 1)
 
     def update_step(self, gradient, variable, learning_rate):
         i = self._trainable_variables_indices[id(variable)]
