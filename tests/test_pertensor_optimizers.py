@@ -622,13 +622,21 @@ def test_schedule_free_adamw_under_zero1_sharding_gives_the_same_bits(comm_world
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("cls", [Adafactor, Lamb, Muon])
-def test_per_tensor_optimizers_refuse_zero1_sharding(cls):
+def test_per_tensor_optimizers_shard_zero1_by_whole_tensors(cls, comm_world):
+    """Each variable has exactly one owner, which alone holds its state (tests/test_sharding.py
+    checks the bits and the memory)."""
     from distopt.distribute import MPIStrategy
 
     strategy = MPIStrategy(shard_optimizer_state=True)
     with strategy.scope():
-        variables = _variables([np.ones((2, 2))])
+        values = [np.ones((3, 2)), np.ones((4, 5)), np.ones(7), np.ones((2, 2))]
+        variables = _variables(values, names=["a", "b", "c", "d"])
         opt = cls()
-    with pytest.raises(ValueError, match=f"{cls.__name__} updates whole tensors"):
-        opt.build(variables)
-    assert not opt.built
+    opt.build(variables)
+    mine = [k for k, v in enumerate(variables) if opt._layout.owns(v)]
+    everyone = sorted(k for ks in comm_world.allgather(mine) for k in ks)
+    assert everyone == [0, 1, 2, 3]
+    for v in variables:
+        names = (f"{opt.name}/{v.name}", f"{opt.name}/{v.path}_")  # Adafactor's factors; slots
+        slots = [s for s in opt.variables if s.ndim and s.path.startswith(names)]
+        assert slots and all((s.value.size > 0) == opt._layout.owns(v) for s in slots)
