@@ -382,9 +382,9 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         applies in the same pass."""
         self._prepare_step(lr)
         if self._kernel is None:
-            owned = self._layout.owned  # per-tensor ZeRO-1: this rank's tensors; else None
+            owns = self._layout.owns  # per-tensor ZeRO-1: only this rank's tensors
             for g, v in zip(grads, variables):
-                if owned is None or id(v) in owned:
+                if owns(v):
                     self.update_step(g, v, lr)
             self._layout.gather()
             return

@@ -47,19 +47,20 @@ class SlotsMixin:
     def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
         """A tracked variable shaped like `reference_variable`, named `{path}_{name}`."""
         ref = reference_variable
-        full = f"{ref.path.replace('/', '_')}_{name or 'var'}"
-        value = _initial_value(initializer, ref.shape, ref.dtype)
-        return self._track(_internal_variable(value, full, f"{self.name}/{full}", ref.dtype))
+        return self._track_like(ref, name, _initial_value(initializer, ref.shape, ref.dtype))
 
     def _state_from_reference(self, reference_variable, name, initializer="zeros"):
         """`add_variable_from_reference`, but under per-tensor ZeRO-1 a variable another
         rank updates gets an empty 1-D placeholder (same name and place in `variables`)."""
         if self._layout.owns(reference_variable):
             return self.add_variable_from_reference(reference_variable, name, initializer)
-        ref = reference_variable
+        empty = np.empty(0, dtype=reference_variable.dtype)
+        return self._track_like(reference_variable, name, empty)
+
+    def _track_like(self, ref, name, value):
+        # Keras's name for state of `ref`: `{path}_{name}`.
         full = f"{ref.path.replace('/', '_')}_{name or 'var'}"
-        empty = np.empty(0, dtype=ref.dtype)
-        return self._track(_internal_variable(empty, full, f"{self.name}/{full}", ref.dtype))
+        return self._track(_internal_variable(value, full, f"{self.name}/{full}", ref.dtype))
 
     def _state_size(self, variable) -> int:
         """Elements of state kept for `variable` (balances per-tensor ZeRO-1 across ranks)."""
