@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import distopt
-from distopt.optimizers import _engine
+from distopt.optimizers import _arena, _engine
 from distopt.optimizers._kernel_trace import KernelError
 from distopt.optimizers._registry import _BUILTINS
 from distopt.optimizers.adam import _adam_kernel, _amsgrad_kernel
@@ -212,12 +212,12 @@ def test_weight_decay_over_arenas_equals_the_per_variable_formula(engine, dtype)
     opt = distopt.optimizers.SGD(learning_rate=0.01)
     opt.build(variables)
     with _engine.use_engine(engine):
-        left = _engine.decay_in_arenas(opt._layout, variables, 0.004, 0.01)
+        left = _arena.decay_in_arenas(opt._layout, variables, 0.004, 0.01)
     assert left == []
     for v, w in zip(variables, expected):
         assert v.numpy().tobytes() == w.tobytes()
     # A variable left out of the decay keeps its whole dtype group on the per-variable path.
-    assert _engine.decay_in_arenas(opt._layout, variables[1:], 0.004, 0.01) == variables[1:]
+    assert _arena.decay_in_arenas(opt._layout, variables[1:], 0.004, 0.01) == variables[1:]
 
 
 def test_ftrl_powers_minus_half_and_zero_compile_others_stay_on_numpy():

@@ -2,40 +2,28 @@
 
 from __future__ import annotations
 
-import operator
 import warnings
 
 import numpy as np
 
 from distopt import _naming
 from distopt._variable import Variable
-from distopt.collectives import _timeline
 from distopt.distribute import _context
-from distopt.optimizers import _engine, _slots, _state, _transforms
+from distopt.optimizers import _apply, _arena, _engine, _slots, _state, _transforms
 from distopt.optimizers._slots import _internal_variable
-from distopt.optimizers._validation import (
-    check_gradients,
-    list_facts,
-    steady_gradients,
-    unzip_pairs,
-    variable_list,
-)
+from distopt.optimizers._validation import variable_list
 from distopt.optimizers.schedules import LearningRateSchedule
 
-_bound_strategy = operator.attrgetter("_strategy")
-_CROSS_REPLICA_MESSAGE = (
-    "`apply_gradients()` cannot be called in cross-replica context. Use `Strategy.run` to "
-    "enter replica context. For more information, please see the docstring of "
-    "`distopt.distribute.get_replica_context`."
-)
 
-
-class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixin):
+class Optimizer(
+    _apply.ApplyMixin, _transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixin
+):
     """Base class of every optimizer (Keras 3's `keras.optimizers.Optimizer`).
 
     Subclasses call `super().__init__(learning_rate, ...)`, create slots in `build()` with
     `add_optimizer_variables`, and either write an elementwise `_kernel` (applied over whole
-    flat arenas) or override `update_step(gradient, variable, learning_rate)`.
+    flat arenas) or override `update_step(gradient, variable, learning_rate)`. Applying
+    gradients is `_apply.ApplyMixin`; the pipeline's pieces are `_transforms.TransformsMixin`.
     """
 
     _kernel = None  # elementwise maths: (w, g, *slots, *coefficients) -> (w, *slots)
@@ -88,7 +76,7 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         self._variables: list[Variable] = []
         self._trainable_variables: list[Variable] = []
         self._trainable_variables_indices: dict[int, int] = {}
-        self._layout: _engine.ArenaLayout | None = None
+        self._layout: _arena.ArenaLayout | None = None
         self._slots: dict[str, list] = {}
         self._slot_arenas: dict[str, dict] = {}
         self._exclude_ids: set[int] = set()
@@ -194,14 +182,14 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
         if self.built:
             return
         variables = variable_list(variables)
-        sharding = _engine.sharding_for(self)
+        sharding = _arena.sharding_for(self)
         self._trainable_variables = variables
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
         movable = [v for v in variables if not v.overwrite_with_gradient]
         weights = None
         if sharding is not None and self._kernel is None:  # per-tensor ZeRO-1
             weights = [self._state_size(v) for v in movable]
-        self._layout = _engine.ArenaLayout(movable, self, sharding, weights)
+        self._layout = _arena.ArenaLayout(movable, self, sharding, weights)
         if self.use_ema:
             self._model_variables_moving_average = self.add_optimizer_variables(
                 variables, "average"
@@ -212,207 +200,7 @@ class Optimizer(_transforms.TransformsMixin, _state.StateMixin, _slots.SlotsMixi
             ]
         self.built = True
 
-    # -- applying gradients -------------------------------------------------------------------
-    def apply_gradients(
-        self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs
-    ):
-        """Applies (gradient, variable) pairs; returns the iterations variable.
-
-        Inside `strategy.run` the gradients are SUM-all-reduced across replicas first (unless
-        `skip_gradients_aggregation=True`): this is collective, call it on all ranks, in the same
-        order. Raises RuntimeError in a cross-replica context, TypeError for malformed pairs,
-        ValueError for shape or variable problems; a call that raises changes nothing.
-        """
-        aggregate = self._aggregation_requested(skip_gradients_aggregation, kwargs)
-        self._require_replica_context()
-        grads, variables = unzip_pairs(grads_and_vars)
-        self._apply(grads, variables, aggregate)
-        return self._iterations
-
-    def apply(self, grads, trainable_variables=None):
-        """Keras 3's `apply`: gradients in the order of `trainable_variables` (or of the build).
-
-        Aggregates across replicas like `apply_gradients`: call it on all ranks.
-        """
-        self._require_replica_context()
-        grads = list(grads)
-        if not grads:
-            return  # as Keras: nothing to apply, and the counter is not incremented
-        if trainable_variables is None:
-            if not self.built:
-                raise ValueError(
-                    "When passing `grads` without `variables`, the optimizer must already be "
-                    "built on a list of variables. Call `optimizer.build(trainable_variables)` "
-                    "first. "
-                )
-            if len(grads) != len(self._trainable_variables):
-                raise ValueError(
-                    "When passing `grads` as a list of gradient tensors, the gradients must match "
-                    "`optimizer.variables` one-to-on. Received a list of "
-                    f"{len(grads)} gradients, but the optimizer is tracking "
-                    f"{len(self._trainable_variables)} trainable variables."
-                )
-            trainable_variables = self._trainable_variables
-        grads, variables = unzip_pairs(zip(grads, trainable_variables))
-        self._apply(grads, variables, True)
-
-    @staticmethod
-    def _aggregation_requested(skip, kwargs) -> bool:
-        legacy = kwargs.pop("experimental_aggregate_gradients", True)
-        if kwargs:
-            raise TypeError(
-                f"apply_gradients() got unexpected keyword argument(s) {sorted(kwargs)}; it "
-                "takes `name`, `skip_gradients_aggregation` and the legacy "
-                "`experimental_aggregate_gradients`."
-            )
-        return not skip and bool(legacy)
-
-    @staticmethod
-    def _require_replica_context():
-        if _context.get_replica_context() is None:
-            raise RuntimeError(_CROSS_REPLICA_MESSAGE)
-
-    def _check_strategy(self, variables) -> object:
-        strategy = _context.get_strategy()
-        # Messages are built only on error: this runs for every variable at every step.
-        if self._strategy is not None and self._strategy is not strategy:
-            self._strategy_mismatch(f"Optimizer `{self.name}`", self._strategy, strategy)
-        bound = set(map(_bound_strategy, variables))
-        bound.discard(None)
-        bound.discard(strategy)
-        for v in variables if bound else ():
-            if v._strategy is not None and v._strategy is not strategy:
-                self._strategy_mismatch(f"Variable `{v.path}`", v._strategy, strategy)
-        return strategy
-
-    @staticmethod
-    def _strategy_mismatch(what, bound, strategy):
-        where = "no strategy" if strategy._is_default else repr(strategy)
-        raise ValueError(
-            f"{what} was created under the scope of {bound!r} but is being updated under "
-            f"{where}. Update mirrored state inside `strategy.run(...)` of the strategy "
-            "it was created with, so that every rank aggregates the same gradients."
-        )
-
-    def _apply(self, grads, variables, aggregate):
-        # The steady state (built, a known variable list, no overwrite variable, every
-        # gradient an ndarray of its variable's shape) needs no per-pair work to validate.
-        steady = facts = None
-        if self.built:
-            facts = list_facts(self._list_facts, variables, self._trainable_variables_indices)
-            if facts is not None and not facts.overwrite:
-                steady = steady_gradients(grads, facts)
-        if steady is None:
-            self._apply_checked(grads, variables, aggregate)
-            return
-        strategy = _context.get_strategy()
-        mine = self._strategy
-        if (mine is not None and mine is not strategy) or any(
-            b is not strategy for b in facts.bound
-        ):
-            self._check_strategy(variables)  # raises, naming the optimizer or variable
-        _timeline.set_step(self._iteration_count())
-        self._apply_pairs(grads, variables, strategy, aggregate, not steady, facts.constrained)
-        self._iterations.value[...] += 1
-
-    def _apply_checked(self, grads, variables, aggregate):
-        known = self._trainable_variables_indices if self.built else None
-        grads = check_gradients(grads, variables, known)
-        strategy = self._check_strategy(variables)
-        present = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        if not present:
-            raise ValueError("No gradients provided for any variable.")
-        if not self.built:
-            self.build(variables)
-        _timeline.set_step(self._iteration_count())
-        if len(present) < len(variables):
-            missing = [v.path for g, v in zip(grads, variables) if g is None]
-            warnings.warn(
-                f"Gradients do not exist for variables {missing} when minimizing the loss. If "
-                "using `model.compile()`, did you forget to provide a `loss` argument?",
-                stacklevel=4,
-            )
-        overwrite = [(g, v) for g, v in present if v.overwrite_with_gradient]
-        pairs = [(g, v) for g, v in present if not v.overwrite_with_gradient]
-        self._apply_overwrite(overwrite, strategy if aggregate else None)
-        if pairs:
-            grads = [g for g, _ in pairs]
-            variables = [v for _, v in pairs]
-            self._apply_pairs(grads, variables, strategy, aggregate, True)
-        self._iterations.value[...] += 1
-
-    def _apply_pairs(self, grads, variables, strategy, aggregate, cast, constrained=True):
-        """Aggregate, unscale, update, EMA, constraints; `cast=False`: every gradient is an
-        ndarray of its variable's dtype already (the default strategy's reduction is then
-        the identity); `constrained=False`: no variable has a constraint."""
-        reduce = strategy._reduce_gradients if aggregate else None
-        if self.gradient_accumulation_steps:
-            self._accumulate_and_update(grads, variables, reduce)
-        else:
-            if reduce is not None and (cast or not strategy._is_default):
-                grads = self._unscale(reduce(grads, variables))  # in the variables' dtypes
-            elif cast:
-                grads = self._cast(self._unscale(grads), variables)
-            else:
-                grads = self._unscale(grads)
-            self._update(grads, variables)
-        if reduce is not None:
-            strategy._release_gradients()  # the reduced buffers may be written again
-        if self.use_ema:
-            self._update_moving_averages()
-        if constrained:
-            self._apply_constraints(variables)
-
-    @staticmethod
-    def _cast(grads, variables):
-        return [g if g.dtype == v.dtype else g.astype(v.dtype) for g, v in zip(grads, variables)]
-
-    def _update(self, grads, variables):
-        """Clip, weight decay, then the update step of every pair (one real update)."""
-        with _timeline.span("update"):
-            grads = self._clip_gradients(grads)
-            lr = self._learning_rate_value()
-            fused = self._decay_in_kernel(variables)
-            rest = [v for v in variables if v.dtype not in fused] if fused else variables
-            self._apply_weight_decay(rest, lr)
-            self._update_all(grads, variables, lr, fused)
-
-    def _update_all(self, grads, variables, lr, fused=frozenset()):
-        """The update of every pair; `fused` names the dtypes whose weight decay the kernel
-        applies in the same pass."""
-        self._prepare_step(lr)
-        if self._kernel is None:
-            owns = self._layout.owns  # per-tensor ZeRO-1: only this rank's tensors
-            for g, v in zip(grads, variables):
-                if owns(v):
-                    self.update_step(g, v, lr)
-            self._layout.gather()
-            return
-        layout = self._layout
-        for dt, in_step, in_place in layout.step_groups(variables):
-            if not in_place:
-                if layout.sharding is not None:
-                    raise ValueError(
-                        "Under `shard_optimizer_state=True` every step must update all the "
-                        f"variables `{self.name}` was built with, in the same order, with a "
-                        "gradient for each."
-                    )
-                for k in in_step:
-                    self.update_step(grads[k], variables[k], lr)
-                continue
-            dt_grads = grads if len(in_step) == len(grads) else [grads[k] for k in in_step]
-            flat_g = _engine.flat_span(dt_grads)
-            if flat_g is None:
-                flat_g = np.concatenate(dt_grads, axis=None)
-            slots = [self._slot_arenas[n][dt] for n in self._kernel_slots]
-            kernel, coefficients = self._kernel, self._coefficients(lr, dt)
-            if dt in fused:
-                c = np.dtype(dt).type
-                kernel = _engine.with_decay(kernel)
-                coefficients = (*coefficients, c(self.weight_decay), c(lr))
-            layout.run(kernel, dt, flat_g, slots, coefficients)
-        layout.gather()
-
+    # -- the update, written by subclasses ----------------------------------------------------
     def _prepare_step(self, lr) -> None:
         """Hook run once per real update, before the per-variable updates (e.g. Nadam)."""
 

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from distopt.optimizers import _engine
+from distopt.optimizers import _arena
 from distopt.optimizers._hyperparameters import check_float
 
 
@@ -148,7 +148,7 @@ class TransformsMixin:
             return
         decayed = [v for v in variables if self._use_weight_decay(v)]
         # Whole arenas in one pass where possible; the rest (and the fallback) per variable.
-        for v in _engine.decay_in_arenas(self._layout, decayed, self.weight_decay, lr):
+        for v in _arena.decay_in_arenas(self._layout, decayed, self.weight_decay, lr):
             w = v.value
             wd = np.asarray(self.weight_decay, dtype=w.dtype)
             w -= w * wd * np.asarray(lr, dtype=w.dtype)

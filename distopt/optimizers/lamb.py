@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distopt.optimizers import _engine
+from distopt.optimizers import _arena, _engine
 from distopt.optimizers._base import Optimizer
 from distopt.optimizers._moments import bias_correction, check_moment_arguments
 
@@ -96,7 +96,7 @@ class Lamb(Optimizer):
             if [layout.index[id(variables[k])] for k in in_step] != members:
                 continue
             dt_grads = [grads[k] for k in in_step]
-            flat_g = _engine.flat_span(dt_grads)
+            flat_g = _arena.flat_span(dt_grads)
             if flat_g is None:
                 flat_g = np.concatenate([g.reshape(-1) for g in dt_grads])
             direction = self._directions.setdefault(dt, layout.new_arena(dt))
