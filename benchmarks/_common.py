@@ -65,6 +65,31 @@ def median_ms(fn, repeats: int, warmup: int = 2, comm=None) -> float:
     return float(np.median(times)) * 1e3
 
 
+def interleaved_ms(fns: dict, repeats: int, warmup: int = 2, comm=None) -> dict[str, float]:
+    """Median ms of each `fns[name]()`, all timed within every repeat, in an order that rotates
+    from repeat to repeat. A shared machine drifts between quiet and noisy stretches; measured
+    in turn, every row sees the same stretches, so their ratios do not depend on which row ran
+    while the host was busy. Under MPI each call is timed as in `median_ms`."""
+    now = _clock["now"]
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            if comm is not None:
+                comm.Barrier()
+            t = now()
+            fns[name]()
+            dt = now() - t
+            if comm is not None:
+                dt = comm.allreduce(dt, op=_max())
+            times[name].append(dt)
+    return {name: float(np.median(ts)) * 1e3 for name, ts in times.items()}
+
+
 def _max():
     from mpi4py import MPI
 

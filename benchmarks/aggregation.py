@@ -5,7 +5,8 @@
 Prints medians (slowest rank per repeat) for 64/256 MB float32 buffers and for ResNet-50's
 161 gradient tensors (25.6M params, 102 MB): the memory floor (`a += b`, all ranks at once),
 raw single-buffer `Allreduce`, per-tensor `Allreduce`, naive fusion, distopt's sliced and
-shared-memory paths, and torch.distributed gloo when torch is installed.
+shared-memory paths, and torch.distributed gloo when torch is installed. The rows of a table
+are timed in turn within each repeat, so they share the host's quiet and noisy stretches.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import socket
 
 import numpy as np
-from _common import Table, emit, have_torch, median_ms, resnet50_sizes, world
+from _common import Table, emit, have_torch, interleaved_ms, median_ms, resnet50_sizes, world
 
 F4 = np.dtype("float32")
 
@@ -24,38 +25,39 @@ def _fill(arrays, rank):
         a[...] = 1e-3 * (rank + 1)
 
 
-def _floor(n, repeats, comm):
-    a, b = np.ones(n, F4), np.full(n, 1e-9, F4)
-    return median_ms(lambda: np.add(a, b, out=a), repeats, comm=comm)
-
-
-def _mpi_paths(dcomm, n, repeats, comm):
+def buffers(comm, dcomm, rank, size, mb: int, repeats: int) -> Table:
     from mpi4py import MPI
 
+    from distopt.collectives import _reducers
     from distopt.collectives._reduce import allreduce_flat
 
-    buf = np.full(n, 1e-3, F4)
-    raw = median_ms(lambda: comm.Allreduce(MPI.IN_PLACE, buf), repeats, comm=comm)
-    sliced = median_ms(lambda: allreduce_flat(dcomm, buf, "sum"), repeats, comm=comm)
-    return raw, sliced
-
-
-def buffers(comm, dcomm, rank, size, mb: int, repeats: int) -> Table:
-    from distopt.collectives import _reducers
-
     n = (mb << 20) // F4.itemsize
-    table = Table(f"{mb} MB float32 buffer, {size} ranks", "memory floor")
-    floor = _floor(n, repeats, comm)
-    table.add("memory floor: `a += b`, every rank at once", floor, floor)
-    raw, sliced = _mpi_paths(dcomm, n, repeats, comm)
-    table.add("raw `Allreduce`, one buffer", raw, floor)
-    table.add("distopt sliced `Allreduce` (2 MB pieces)", sliced, floor, f"{raw / sliced:.1f}x raw")
+    a, b = np.ones(n, F4), np.full(n, 1e-9, F4)
+    buf = np.full(n, 1e-3, F4)
     shm = _reducers.make_reducer(dcomm, shared_memory=True)
     plan = shm.make_plan([(n,)], [F4], bucket_bytes=n * 4)
     _fill(plan.views, rank)
-    t = median_ms(lambda: shm.allreduce(plan, False), repeats, comm=comm)
-    table.add("distopt shared memory, gradients in the window", t, floor, f"{raw / t:.1f}x raw")
+    t = interleaved_ms(
+        {
+            "floor": lambda: np.add(a, b, out=a),
+            "raw": lambda: comm.Allreduce(MPI.IN_PLACE, buf),
+            "sliced": lambda: allreduce_flat(dcomm, buf, "sum"),
+            "shm": lambda: shm.allreduce(plan, False),
+        },
+        repeats,
+        comm=comm,
+    )
     shm.close()
+    floor, raw = t["floor"], t["raw"]
+    table = Table(f"{mb} MB float32 buffer, {size} ranks", "memory floor")
+    table.add("memory floor: `a += b`, every rank at once", floor, floor)
+    table.add("raw `Allreduce`, one buffer", raw, floor)
+    sliced = t["sliced"]
+    table.add("distopt sliced `Allreduce` (2 MB pieces)", sliced, floor, f"{raw / sliced:.1f}x raw")
+    shm_ms = t["shm"]
+    table.add(
+        "distopt shared memory, gradients in the window", shm_ms, floor, f"{raw / shm_ms:.1f}x raw"
+    )
     return table
 
 
@@ -63,22 +65,16 @@ def resnet(comm, dcomm, rank, size, repeats: int, torch_too: bool) -> Table:
     from mpi4py import MPI
 
     from distopt.collectives import _reducers
+    from distopt.collectives._compress import Compression
 
     sizes = resnet50_sizes()
     shapes = [(s,) for s in sizes]
     grads = [np.empty(s, F4) for s in sizes]
     _fill(grads, rank)
-    table = Table(
-        f"ResNet-50 gradients (161 tensors, {sum(sizes) / 1e6:.1f}M params), {size} ranks",
-        "per-tensor Allreduce",
-    )
 
     def per_tensor():
         for g in grads:
             comm.Allreduce(MPI.IN_PLACE, g)
-
-    base = median_ms(per_tensor, repeats, comm=comm)
-    table.add("per-tensor `Allreduce` (no fusion)", base, base)
 
     def naive():
         flat = np.concatenate(grads)
@@ -86,42 +82,59 @@ def resnet(comm, dcomm, rank, size, repeats: int, torch_too: bool) -> Table:
         for g, piece in zip(grads, np.split(flat, np.cumsum(sizes)[:-1])):
             g[...] = piece
 
-    table.add(
-        "naive fusion: pack, one `Allreduce`, unpack", median_ms(naive, repeats, comm=comm), base
-    )
+    rows = {
+        "per-tensor `Allreduce` (no fusion)": per_tensor,
+        "naive fusion: pack, one `Allreduce`, unpack": naive,
+    }
+    reducers = []
     for label, shared in (("sliced", False), ("shared memory", True)):
         reducer = _reducers.make_reducer(dcomm, shared_memory=shared)
         plan = reducer.make_plan(shapes, [F4] * len(sizes), 25 << 20)
         _fill(plan.views, rank)
-        t = median_ms(lambda r=reducer, p=plan: r.allreduce(p, False), repeats, comm=comm)
-        table.add(f"distopt {label}, gradients already in the buckets", t, base)
+        reducers.append(reducer)
+        rows[f"distopt {label}, gradients already in the buckets"] = lambda r=reducer, p=plan: (
+            r.allreduce(p, False)
+        )
 
         def packed(r=reducer, p=plan):
             p.pack(grads)
             r.allreduce(p, False)
 
-        table.add(
-            f"distopt {label}, packed from separate arrays",
-            median_ms(packed, repeats, comm=comm),
-            base,
-        )
-        reducer.close()
-    from distopt.collectives._compress import Compression
-
+        rows[f"distopt {label}, packed from separate arrays"] = packed
     for name in ("bf16", "fp16"):
         reducer = _reducers.make_reducer(dcomm, shared_memory=False, compression=Compression(name))
         plan = reducer.make_plan(shapes, [F4] * len(sizes), 25 << 20)
         _fill(plan.views, rank)
+        reducers.append(reducer)
         # MEAN keeps the values in fp16's range however often the buffer is reduced again.
-        t = median_ms(lambda r=reducer, p=plan: r.allreduce(p, True), repeats, comm=comm)
-        table.add(f"distopt sliced, {name} on the wire (MEAN), grads in the buckets", t, base)
+        rows[f"distopt sliced, {name} on the wire (MEAN), grads in the buckets"] = (
+            lambda r=reducer, p=plan: r.allreduce(p, True)
+        )
+    gloo_per_tensor = None
     if torch_too:
-        for name, t in gloo(comm, rank, size, sizes, max(3, repeats // 3)):
-            table.add(name, t, base)
+        fused, gloo_per_tensor = gloo(comm, rank, size, sizes)
+        rows["torch gloo, one fused tensor"] = fused
+    times = interleaved_ms(rows, repeats, comm=comm)
+    if gloo_per_tensor is not None:
+        # 10-30x slower than the rest: timed on its own, with fewer repeats.
+        times["torch gloo, per tensor"] = median_ms(
+            gloo_per_tensor, max(3, repeats // 3), 1, comm=comm
+        )
+        _close_gloo()
+    for reducer in reducers:
+        reducer.close()
+    table = Table(
+        f"ResNet-50 gradients (161 tensors, {sum(sizes) / 1e6:.1f}M params), {size} ranks",
+        "per-tensor Allreduce",
+    )
+    base = times["per-tensor `Allreduce` (no fusion)"]
+    for name, ms in times.items():
+        table.add(name, ms, base)
     return table
 
 
-def gloo(comm, rank, size, sizes, repeats):
+def gloo(comm, rank, size, sizes):
+    """torch.distributed gloo over loopback TCP: (fused, per-tensor) all-reduce callables."""
     import torch
     import torch.distributed as dist
 
@@ -142,15 +155,13 @@ def gloo(comm, rank, size, sizes, repeats):
         for t in tensors:
             dist.all_reduce(t)
 
-    out = [
-        (
-            "torch gloo, one fused tensor",
-            median_ms(lambda: dist.all_reduce(flat), repeats, comm=comm),
-        )
-    ]
-    out.append(("torch gloo, per tensor", median_ms(per_tensor, repeats, 1, comm=comm)))
+    return (lambda: dist.all_reduce(flat)), per_tensor
+
+
+def _close_gloo():
+    import torch.distributed as dist
+
     dist.destroy_process_group()
-    return out
 
 
 def main():
