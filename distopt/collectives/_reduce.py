@@ -1,7 +1,7 @@
 """In-place all-reduce of flat buffers, in pieces, with a summation order fixed by rank.
 
 A float SUM over MPI is done here rather than by `MPI_Allreduce`: each piece is cut into one
-part per rank; every rank receives its part from all the others (pairwise `Sendrecv`), adds
+part per rank; every rank receives its part from all the others (point to point), adds
 them in rank order, ((x0 + x1) + x2) + ..., and sends the sum back to all. That is the
 order of the shared-memory reducer, so on one node both paths give the same bits, and the
 bits do not depend on which MPI library (or which of its algorithms) runs underneath.
@@ -84,28 +84,37 @@ def _pairwise_sum(mpi_comm, rank: int, size: int, buf: np.ndarray, piece_bytes: 
     shift = buf.__array_interface__["data"][0] % _ALIGN
     row = per * itemsize + _ALIGN
     scratch = _scratch((size - 1) * row + _ALIGN)
-    rows = {}
+    rows = {}  # where each other rank's values of my part arrive
     for k, src in enumerate(r for r in range(size) if r != rank):
         rows[src] = scratch[k * row + shift : k * row + shift + per * itemsize]
-    sendrecv = mpi_comm.Sendrecv
+    exchange = _sendrecv if size == 2 else _all_at_once
     for a in range(0, buf.size, per * size):
         piece = buf[a : a + per * size]
         bounds = _parts(piece.size, line, size)
         lo, hi = bounds[rank], bounds[rank + 1]
-        got = {}
-        for k in range(1, size):
-            dest, src = (rank + k) % size, (rank - k) % size
-            part = piece[bounds[dest] : bounds[dest + 1]].view(np.uint8)
-            got[src] = rows[src][: (hi - lo) * itemsize]
-            sendrecv(part, dest, _TAG_PARTS, got[src], src, _TAG_PARTS)
+        got = {src: row[: (hi - lo) * itemsize] for src, row in rows.items()}
+        parts = {r: piece[bounds[r] : bounds[r + 1]].view(np.uint8) for r in rows}
+        exchange(mpi_comm, parts, got, _TAG_PARTS)  # everyone's x_rank of my part
         mine = piece[lo:hi]
         if hi > lo:
             _sum_in_rank_order(mine, {r: g.view(buf.dtype) for r, g in got.items()}, rank, size)
         own = mine.view(np.uint8)
-        for k in range(1, size):
-            dest, src = (rank + k) % size, (rank - k) % size
-            back = piece[bounds[src] : bounds[src + 1]].view(np.uint8)
-            sendrecv(own, dest, _TAG_SUMS, back, src, _TAG_SUMS)
+        exchange(mpi_comm, dict.fromkeys(rows, own), parts, _TAG_SUMS)  # and back: the sums
+
+
+def _sendrecv(mpi_comm, sends: dict, receives: dict, tag: int) -> None:
+    ((peer, out),) = sends.items()
+    mpi_comm.Sendrecv(out, peer, tag, receives[peer], peer, tag)
+
+
+def _all_at_once(mpi_comm, sends: dict, receives: dict, tag: int) -> None:
+    # Every exchange posted at once: whichever peer is ready goes first, so one rank that
+    # the host descheduled does not hold up the pairs queued behind it.
+    from mpi4py import MPI
+
+    requests = [mpi_comm.Irecv(buf, peer, tag) for peer, buf in receives.items()]
+    requests += [mpi_comm.Isend(buf, peer, tag) for peer, buf in sends.items()]
+    MPI.Request.Waitall(requests)
 
 
 def _sum_in_rank_order(mine: np.ndarray, got: dict, rank: int, size: int) -> None:
