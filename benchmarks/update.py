@@ -6,7 +6,8 @@
 gradients in one flat buffer (as after aggregation). Baselines: the memory floor (`a += b`
 on 10M, scaled per optimizer to the bytes it must move), numpy Adam written in place over
 256K chunks, textbook numpy Adam, and torch.optim.Adam(fused=True) on one thread when torch
-is installed. Each optimizer runs on the numba engine (when numba imports) and on numpy.
+is installed. Each optimizer runs on the numba engine (when numba imports) and on numpy,
+timed in turn with its floor (and Adam with its baselines) within every repeat.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from _common import (
     chunked_adam_step,
     emit,
     have_torch,
+    interleaved_ms,
     median_ms,
     resnet50_sizes,
     use_clock,
@@ -41,7 +43,8 @@ def _grad_views(sizes):
     return flat, [flat[a : a + s] for a, s in zip(np.cumsum([0, *sizes[:-1]]), sizes)]
 
 
-def optimizer_step_ms(cls, options, sizes, engine, repeats):
+def optimizer_step(cls, options, sizes, engine):
+    """(step callable, optimizer, engine it runs on): `step()` is one `apply_gradients`."""
     import distopt
     from distopt.optimizers import _engine
 
@@ -49,18 +52,22 @@ def optimizer_step_ms(cls, options, sizes, engine, repeats):
     variables = _variables(sizes)
     _, grads = _grad_views(sizes)
     opt = cls(**options)
-    with _engine.use_engine(engine):
-        ms = median_ms(lambda: opt.apply_gradients(zip(grads, variables)), repeats)
-        used = engine
-        if opt._kernel is not None:
-            slots, coefficients = len(opt._kernel_slots), opt._coefficients(1e-3, F4)
+
+    def step():
+        with _engine.use_engine(engine):
+            opt.apply_gradients(zip(grads, variables))
+
+    used = engine
+    if opt._kernel is not None:
+        slots, coefficients = len(opt._kernel_slots), opt._coefficients(1e-3, F4)
+        with _engine.use_engine(engine):
             used = _engine.engine_for(opt._kernel, slots, F4, [c.dtype for c in coefficients])
-    return ms, opt, used
+    return step, opt, used
 
 
-def memory_floor_ms(n, repeats):
+def memory_floor(n):
     a, b = np.ones(n, F4), np.full(n, 1e-9, F4)
-    return median_ms(lambda: np.add(a, b, out=a), repeats)
+    return lambda: np.add(a, b, out=a)
 
 
 def numpy_chunked_adam(n, chunk=1 << 18):
@@ -104,18 +111,20 @@ def main():
 
     n, reps = args.params, args.repeats
     engines = ["numba", "numpy"] if _engine._numba_imports() else ["numpy"]
-    floor = memory_floor_ms(n, reps)
+    floor_fn, chunked_fn = memory_floor(n), numpy_chunked_adam(n)
+    layouts = {"flat": [n], "161 tensors": resnet50_sizes(n)}
+    torch_fns = {label: torch_fused_adam(sizes) for label, sizes in layouts.items()}
+    if not have_torch():
+        torch_fns = {}
+    baselines = {"floor": floor_fn, "chunked": chunked_fn, **torch_fns}
+    t = interleaved_ms(baselines, reps)
+    floor = t["floor"]
     base = Table(f"Baselines, {n / 1e6:.0f}M float32 ({args.clock} clock)", "memory floor")
     base.add("memory floor: `a += b`", floor, floor)
-    chunked = median_ms(numpy_chunked_adam(n), reps)
-    base.add("Adam, numpy in place, 256K chunks", chunked, floor)
+    base.add("Adam, numpy in place, 256K chunks", t["chunked"], floor)
     base.add("Adam, numpy textbook", median_ms(numpy_textbook_adam(n), max(3, reps // 2)), floor)
-    layouts = {"flat": [n], "161 tensors": resnet50_sizes(n)}
-    torch_ms = {}
-    if have_torch():
-        for label, sizes in layouts.items():
-            torch_ms[label] = median_ms(torch_fused_adam(sizes), reps)
-            base.add(f"torch.optim.Adam(fused=True), 1 thread, {label}", torch_ms[label], floor)
+    for label in torch_fns:
+        base.add(f"torch.optim.Adam(fused=True), 1 thread, {label}", t[label], floor)
     tables = [base]
     names = [k for k in sorted(_BUILTINS) if k not in SKIP]
     if args.only:
@@ -129,19 +138,27 @@ def main():
                 per_tensor = cls(**options)._kernel is None
                 if per_tensor and engine != engines[0]:
                     continue
-                ms, opt, used = optimizer_step_ms(
-                    cls, options, sizes, engine, 3 if per_tensor else reps
-                )
+                step, opt, used = optimizer_step(cls, options, sizes, engine)
                 if per_tensor:
-                    table.add(f"{name} (per tensor)", ms, None, "no elementwise floor")
+                    table.add(
+                        f"{name} (per tensor)", median_ms(step, 3), None, "no elementwise floor"
+                    )
                     continue
-                slots = len(opt._kernel_slots)
-                own_floor = floor * (3 + 2 * slots) / 3
+                # Each row is timed in turn with its own baselines, so a noisy stretch of the
+                # shared host falls on both sides of the ratio.
+                rows = {"step": step, "floor": floor_fn}
+                if name == "adam":
+                    rows["chunked"] = chunked_fn
+                    if label in torch_fns:
+                        rows["torch"] = torch_fns[label]
+                t = interleaved_ms(rows, reps)
+                ms, slots = t["step"], len(opt._kernel_slots)
+                own_floor = t["floor"] * (3 + 2 * slots) / 3
                 note = f"{slots} slots; floor {own_floor:.1f} ms"
                 if name == "adam" and used == "numpy":
-                    note += f"; {ms / chunked:.2f}x numpy chunked baseline"
-                if name == "adam" and label in torch_ms:
-                    note += f"; {ms / torch_ms[label]:.2f}x torch fused"
+                    note += f"; {ms / t['chunked']:.2f}x numpy chunked baseline"
+                if "torch" in t:
+                    note += f"; {ms / t['torch']:.2f}x torch fused"
                 table.add(f"{name}{options or ''}, engine {used}", ms, own_floor, note)
         tables.append(table)
     emit(tables, "Update step (medians, one process)")
