@@ -25,7 +25,10 @@ def _one(name, strategy, comm, repeats, in_buffers):
     scope = strategy.scope() if strategy is not None else _nothing()
     with scope:
         variables = [distopt.Variable(np.zeros(SIZE)) for _ in range(NUM_VARIABLES)]
-        opt = distopt.optimizers.get(name)
+        if name == "loss scale + adam":
+            opt = distopt.optimizers.LossScaleOptimizer(distopt.optimizers.Adam())
+        else:
+            opt = distopt.optimizers.get(name)
     if in_buffers and strategy is not None:
         grads = strategy.gradient_buffers(variables)
         for g in grads:
@@ -65,7 +68,7 @@ def main():
     where = f"MPIStrategy, {size} ranks" if strategy else "default strategy, one process"
     table = Table(f"`apply_gradients`, {NUM_VARIABLES} variables x {SIZE} float32, {where}, "
                   f"engine {_engine.engine()}, {args.clock} clock", "target 300 us")  # fmt: skip
-    for name in ("sgd", "adam", "rmsprop", "lion"):
+    for name in ("sgd", "adam", "rmsprop", "lion", "loss scale + adam"):
         us = _one(name, strategy, comm, args.repeats, False)
         table.add(f"{name}: microseconds per step", us, 300.0, "gradients as separate arrays")
         if strategy is not None:

@@ -313,7 +313,7 @@ def test_overwrite_gradients_are_max_reduced_and_their_nan_skips_everywhere(comm
 @pytest.mark.parametrize("n", [3, 1 << 17])  # one check of the concatenation / one per tensor
 @pytest.mark.parametrize("bad", [None, np.inf, -np.inf, np.nan])
 def test_finiteness_over_mixed_dtypes_sizes_and_none(n, bad):
-    from distopt.optimizers.loss_scale_optimizer import _all_finite
+    from distopt.optimizers._unscaling import all_finite
 
     grads = [
         np.ones(n, np.float32),
@@ -324,8 +324,8 @@ def test_finiteness_over_mixed_dtypes_sizes_and_none(n, bad):
     ]
     if bad is not None:
         grads[3][1, 1] = bad  # a float16 inf/nan survives the widening concatenation
-    assert _all_finite(iter(grads)) is (bad is None)
+    assert all_finite(iter(grads)) is (bad is None)
     grads[3][1, 1] = 1
     grads[-1][-1] = np.nan if bad is not None else 0.0
-    assert _all_finite(grads) is (bad is None)
-    assert _all_finite([None]) is True
+    assert all_finite(grads) is (bad is None)
+    assert all_finite([None]) is True

@@ -115,25 +115,43 @@ class ApplyMixin:
         )
 
     def _apply(self, grads, variables, aggregate):
-        # The steady state (built, a known variable list, no overwrite variable, every
-        # gradient an ndarray of its variable's shape) needs no per-pair work to validate.
-        steady = facts = None
-        if self.built:
-            facts = list_facts(self._list_facts, variables, self._trainable_variables_indices)
-            if facts is not None and not facts.overwrite:
-                steady = steady_gradients(grads, facts)
-        if steady is None:
+        state = self._steady_state(grads, variables, self._trainable_variables_indices)
+        if state is None:
             self._apply_checked(grads, variables, aggregate)
             return
+        facts, same_dtypes = state
+        strategy = self._steady_strategy(facts, variables)
+        self._apply_steady(grads, variables, aggregate, strategy, facts, same_dtypes)
+
+    def _apply_steady(self, grads, variables, aggregate, strategy, facts, same_dtypes):
+        """`_apply` once `_steady_state` and `_steady_strategy` have passed."""
+        _timeline.set_step(self._iteration_count())
+        self._apply_pairs(grads, variables, strategy, aggregate, not same_dtypes, facts.constrained)
+        self._iterations.value[...] += 1
+
+    def _steady_state(self, grads, variables, known):
+        """`(facts, same_dtypes)` in the steady state, which needs no per-pair work to
+        validate: built, a list of variables all in `known` (id -> index) without duplicate
+        or overwrite variable, every gradient an ndarray of its variable's shape and a real
+        dtype (`same_dtypes`: its variable's dtype). Else None: validate pair by pair."""
+        if not self.built:
+            return None
+        facts = list_facts(self._list_facts, variables, known)
+        if facts is None or facts.overwrite:
+            return None
+        same_dtypes = steady_gradients(grads, facts)
+        return None if same_dtypes is None else (facts, same_dtypes)
+
+    def _steady_strategy(self, facts, variables):
+        """The current strategy; raises, naming the optimizer or variable, when this
+        optimizer or one of `facts`' variables is bound to another."""
         strategy = _context.get_strategy()
         mine = self._strategy
         if (mine is not None and mine is not strategy) or any(
             b is not strategy for b in facts.bound
         ):
-            self._check_strategy(variables)  # raises, naming the optimizer or variable
-        _timeline.set_step(self._iteration_count())
-        self._apply_pairs(grads, variables, strategy, aggregate, not steady, facts.constrained)
-        self._iterations.value[...] += 1
+            self._check_strategy(variables)
+        return strategy
 
     def _apply_checked(self, grads, variables, aggregate):
         known = self._trainable_variables_indices if self.built else None

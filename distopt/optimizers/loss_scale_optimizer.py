@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 
 from distopt._variable import Variable
-from distopt.distribute import ReduceOp
 from distopt.optimizers._base import Optimizer
+from distopt.optimizers._unscaling import (
+    Unscaler,
+    all_finite,
+    finite_on_every_rank,
+    reduce_and_check,
+)
 from distopt.optimizers._validation import check_gradients, variable_list
 
 # Old configs carried the base keys; Keras accepts them only at these defaults.
@@ -23,19 +26,6 @@ _BASE_DEFAULTS = {
     "loss_scale_factor": None,
     "gradient_accumulation_steps": None,
 }
-
-
-_CONCAT_ELEMENTS = 1 << 16  # below this, one check of the concatenation beats one per tensor
-_size = operator.attrgetter("size")
-
-
-def _all_finite(grads) -> bool:
-    present = [g for g in grads if g is not None]
-    if not present:
-        return True
-    if sum(map(_size, present)) <= _CONCAT_ELEMENTS:  # widening casts keep (non-)finiteness
-        return bool(np.isfinite(np.concatenate(present, axis=None)).all())
-    return all(np.isfinite(g).all() for g in present)
 
 
 class LossScaleOptimizer(Optimizer):
@@ -101,6 +91,7 @@ class LossScaleOptimizer(Optimizer):
         self.inner_optimizer = inner_optimizer
         self.initial_scale = initial_scale
         self.dynamic_growth_steps = dynamic_growth_steps
+        self._unscalers: dict = {}  # per cached variable list (its ListFacts): Unscaler or None
         # Otherwise the inner optimizer would unscale a second time.
         inner_optimizer.loss_scale_factor = None
 
@@ -142,6 +133,57 @@ class LossScaleOptimizer(Optimizer):
 
     def _apply(self, grads, variables, aggregate):
         inner = self.inner_optimizer
+        unscaler = self._steady_unscaler(grads, variables)
+        if unscaler is None:
+            grads, strategy = self._checked(grads, variables)
+        else:
+            facts = unscaler.facts
+            strategy = self._steady_strategy(facts, variables)
+            inner._steady_strategy(facts, variables)
+        inner_aggregate, finite = aggregate, None
+        if aggregate and strategy.num_replicas_in_sync > 1:
+            if inner.gradient_accumulation_steps:
+                # The inner optimizer reduces only on its update calls: agree on a flag.
+                finite = finite_on_every_rank(strategy, grads)
+            elif unscaler is None:
+                grads, finite = reduce_and_check(strategy, grads, variables)
+                inner_aggregate = False
+            else:  # no overwrite variable: a plain reduction, finiteness decided below
+                grads = strategy._reduce_gradients(grads, variables)
+                inner_aggregate = False
+        scale = self.dynamic_scale.value
+        unscaled = None
+        if unscaler is not None and finite is not False:
+            unscaled = unscaler(grads, scale)  # one pass per dtype; None when not finite
+            finite = unscaled is not None
+        elif finite is None:
+            finite = all_finite(grads)
+        if not finite:
+            strategy._release_gradients()
+            self.step_counter.value[...] = 0
+            self.dynamic_scale.value[...] *= np.float32(0.5)
+            return
+        if unscaled is None:
+            unscaled = [
+                g if g is None or v.overwrite_with_gradient else g / scale
+                for g, v in zip(grads, variables)
+            ]
+        strategy._release_gradients()  # `unscaled` no longer reads the reduced buffers
+        if unscaler is not None and type(inner)._apply is Optimizer._apply:
+            # The views are steady by construction: skip the inner optimizer's own checks.
+            inner._apply_steady(unscaled, variables, inner_aggregate, strategy, facts, True)
+        else:
+            inner._apply(unscaled, variables, inner_aggregate)
+        if int(self.step_counter.value) == self.dynamic_growth_steps - 1:
+            self.step_counter.value[...] = 0
+            self.dynamic_scale.value[...] *= np.float32(2)
+        else:
+            self.step_counter.value[...] += 1
+
+    def _checked(self, grads, variables):
+        """Validates pair by pair (nothing changes when it raises) and builds if needed:
+        (gradients as arrays or None, the current strategy)."""
+        inner = self.inner_optimizer
         owner = inner if inner.built else self
         known = owner._trainable_variables_indices if owner.built else None
         grads = check_gradients(grads, variables, known)
@@ -151,65 +193,25 @@ class LossScaleOptimizer(Optimizer):
             raise ValueError("No gradients provided for any variable.")
         if not self.built:
             self.build(variables)
-        inner_aggregate = aggregate
-        if aggregate and strategy.num_replicas_in_sync > 1:
-            if inner.gradient_accumulation_steps:
-                # The inner optimizer reduces only on its update calls: agree on a flag.
-                finite = self._finite_on_every_rank(strategy, grads)
-            else:
-                grads, finite = self._reduce(strategy, grads, variables)
-                inner_aggregate = False
-        else:
-            finite = _all_finite(grads)
-        if not finite:
-            strategy._release_gradients()
-            self.step_counter.value[...] = 0
-            self.dynamic_scale.value[...] *= np.float32(0.5)
-            return
-        scale = self.dynamic_scale.value
-        unscaled = [
-            g if g is None or v.overwrite_with_gradient else g / scale
-            for g, v in zip(grads, variables)
-        ]
-        strategy._release_gradients()  # `unscaled` no longer reads the reduced buffers
-        inner._apply(unscaled, variables, inner_aggregate)
-        if int(self.step_counter.value) == self.dynamic_growth_steps - 1:
-            self.step_counter.value[...] = 0
-            self.dynamic_scale.value[...] *= np.float32(2)
-        else:
-            self.step_counter.value[...] += 1
+        return grads, strategy
 
-    @staticmethod
-    def _reduce(strategy, grads, variables):
-        """Aggregates as the inner optimizer would (overwrite variables by MAX) and decides
-        finiteness on the result: (grads, finite), identical on every rank.
-
-        Collective: call on all ranks, in the same order.
-        """
-        out = list(grads)
-        pairs = [(k, g, v) for k, (g, v) in enumerate(zip(grads, variables)) if g is not None]
-        normal = [(k, g, v) for k, g, v in pairs if not v.overwrite_with_gradient]
-        overwrite = [(k, np.asarray(g, v.dtype)) for k, g, v in pairs if v.overwrite_with_gradient]
-        if normal:
-            reduced = strategy._reduce_gradients([g for _, g, _ in normal], [v for *_, v in normal])
-            for (k, _, _), g in zip(normal, reduced):
-                out[k] = g
-        finite = _all_finite(out[k] for k, _, _ in normal)
-        if overwrite:
-            # MPI's MAX need not propagate NaN: reduce this rank's verdict alongside.
-            local = [g for _, g in overwrite]
-            flag = np.array([0.0 if _all_finite(local) else 1.0])
-            *reduced, flag = strategy._reduce_leaves(ReduceOp.MAX, [*local, flag])
-            for (k, _), g in zip(overwrite, reduced):
-                out[k] = g
-            finite = finite and flag[0] == 0.0
-        return out, finite
-
-    @staticmethod
-    def _finite_on_every_rank(strategy, grads) -> bool:
-        """Collective: call on all ranks, in the same order."""
-        flag = np.array([0.0 if _all_finite(grads) else 1.0])
-        return float(strategy._reduce_leaves(ReduceOp.MAX, [flag])[0][0]) == 0.0
+    def _steady_unscaler(self, grads, variables):
+        """The one-pass unscaler of `variables` in the steady state (a known list without
+        overwrite variable, every gradient a float32/float64 ndarray of its variable's shape
+        and dtype), else None."""
+        state = self._steady_state(
+            grads, variables, self.inner_optimizer._trainable_variables_indices
+        )
+        if state is None or not state[1]:
+            return None
+        facts = state[0]
+        unscaler = self._unscalers.get(facts, False)
+        if unscaler is False:
+            if len(self._unscalers) >= 8:
+                self._unscalers.clear()
+            unscaler = Unscaler(facts) if Unscaler.fits(facts.dtypes) else None
+            self._unscalers[facts] = unscaler
+        return unscaler
 
     def get_config(self):
         from distopt.optimizers._registry import serialize
