@@ -164,6 +164,42 @@ def test_deadline_from_the_environment(tmp_path):
     assert after_mark <= 2 + SLACK
 
 
+PYTEST_STALL = r"""
+import numpy as np
+import distopt
+from distopt.distribute import MPIStrategy
+
+
+def test_one_rank_skips_a_step():
+    strategy = MPIStrategy(collective_timeout=DEADLINE)
+    with strategy.scope():
+        w = distopt.Variable(np.zeros(3), name="w")
+        opt = distopt.optimizers.SGD(learning_rate=0.1)
+    for step in range(3):
+        if strategy.communicator.rank == 1 and step == 1:
+            continue
+        strategy.run(lambda: opt.apply_gradients([(np.ones(3), w)]))
+"""
+
+
+@pytest.mark.parametrize("capture", ["fd", "sys", "no"])
+def test_deadline_message_survives_pytests_output_capture(tmp_path, capture):
+    """A stall inside a test run under pytest: the abort ends the process before pytest
+    shows what it captured, so the message must go to the real stderr, once."""
+    (tmp_path / "test_stall.py").write_text(PYTEST_STALL.replace("DEADLINE", str(DEADLINE)))
+    e = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    e.pop(TIMEOUT_ENV, None)
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           f"--capture={capture}", "test_stall.py"]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT, env=e, cwd=tmp_path
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 124, out
+    assert out.count("collective deadline exceeded on rank 0 of 2") == 1, out
+    assert "`gradient aggregation` at step 3 (collective #4) did not complete" in out, out
+
+
 @pytest.mark.parametrize("launcher", ["mpiexec", "distoptrun"])
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_rank_raising_aborts_the_job(tmp_path, n, launcher):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
 import threading
 import time
 import weakref
 
 import numpy as np
+
+from distopt._stderr import write_uncaptured
 
 DEFAULT_TIMEOUT = 600.0
 TIMEOUT_ENV = "DISTOPT_COLLECTIVE_TIMEOUT"
@@ -117,8 +118,8 @@ class Monitor:
         if self.current is not cur:  # it completed while we asked around: not a stall
             self._fired = False
             return
-        sys.stderr.write(deadline_message(self, cur, replies) + "\n")
-        sys.stderr.flush()
+        # Not only `sys.stderr`: under pytest's capture the abort would discard the message.
+        write_uncaptured(deadline_message(self, cur, replies) + "\n")
         time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
         self.communicator.abort(DEADLINE_EXIT_CODE)
 
