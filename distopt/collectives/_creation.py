@@ -12,12 +12,12 @@ MPICH 5.0.) To name the ranks that never arrived, each rank first sends every ot
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 
 import numpy as np
 
+from distopt._stderr import write_uncaptured
 from distopt.collectives._deadline import DEADLINE_EXIT_CODE, TIMEOUT_ENV
 
 WHAT = "MPIStrategy creation"
@@ -92,7 +92,6 @@ def creation_message(rank: int, size: int, timeout: float, missing) -> str:
 
 
 def _expire(base, rank, size, timeout, missing) -> None:
-    sys.stderr.write(creation_message(rank, size, timeout, missing) + "\n")
-    sys.stderr.flush()
+    write_uncaptured(creation_message(rank, size, timeout, missing) + "\n")
     time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
     base.Abort(DEADLINE_EXIT_CODE)
