@@ -57,6 +57,7 @@ def optimizer_step(cls, options, sizes, engine):
         with _engine.use_engine(engine):
             opt.apply_gradients(zip(grads, variables))
 
+    step()  # builds the optimizer: its coefficients may read state made at build
     used = engine
     if opt._kernel is not None:
         slots, coefficients = len(opt._kernel_slots), opt._coefficients(1e-3, F4)
