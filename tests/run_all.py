@@ -18,6 +18,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's distopt
+
+from distopt.launch import _shm_cleanup  # noqa: E402
+
 REPORTS = ROOT / "reports"
 TEST_TIMEOUT = 120  # seconds per test
 RUN_TIMEOUT = 900  # seconds per run (runs take ~1 min): 5 runs stay inside CI's 90 minutes
@@ -43,11 +47,17 @@ def counts(xml: Path) -> tuple[int, int, int]:
 def run(cmd: list[str], env: dict, label: str) -> bool:
     print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
     start = time.monotonic()
+    before = _shm_cleanup.snapshot()
     try:
         code = subprocess.run(cmd, env=env, timeout=RUN_TIMEOUT, cwd=ROOT).returncode
     except subprocess.TimeoutExpired:
         print(f"=== {label}: TIMED OUT after {RUN_TIMEOUT} s", flush=True)
         return False
+    finally:
+        # The abort tests end MPI jobs on purpose; MPICH leaves their segments behind.
+        files, size = _shm_cleanup.remove_leftovers(before)
+        if files:
+            print(f"=== {label}: removed {files} leftover MPI segments ({size >> 20} MB)")
     print(f"=== {label}: exit {code} in {time.monotonic() - start:.1f} s", flush=True)
     return code in (0, 5)
 
