@@ -8,8 +8,8 @@ import time
 import pytest
 from conftest import run_distoptrun
 
-from distopt.launch import build_command
-from distopt.launch._cli import _program_argv
+from distopt.launch import _shm_cleanup, build_command
+from distopt.launch._cli import _program_argv, find_mpiexec, mpi_vendor
 
 RUNNER = ["-m", "distopt.launch._runner"]
 
@@ -85,12 +85,19 @@ def test_exception_on_one_rank_ends_the_job(tmp_path):
         "MPI.COMM_WORLD.Barrier()  # the others would wait here forever\n"
     )
     start = time.monotonic()
+    before = _shm_cleanup.snapshot()
     out = run_distoptrun(3, str(script), timeout=60)
     report = f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
     assert out.returncode != 0, report
     assert "ValueError: boom on rank one" in out.stderr, report
     assert "unhandled exception on rank 1" in out.stderr, report
     assert time.monotonic() - start < 30, report
+    # MPI_Abort leaves MPICH's segment in /dev/shm; distoptrun removes it. Another job on
+    # this machine may hold new segments of its own, but none may be left unused.
+    left = _shm_cleanup.snapshot() - before
+    assert not left - _shm_cleanup._in_use(_shm_cleanup.SHM_DIR), (left, report)
+    if mpi_vendor(find_mpiexec()) == "mpich":
+        assert re.search(r"distoptrun: removed \d+ shared-memory segment", out.stderr), report
 
 
 def test_nonzero_sys_exit_on_one_rank_ends_the_job():
@@ -155,30 +162,7 @@ def test_example_trains_on_two_ranks():
     assert out.stdout.count("loss") == 5
 
 
-def test_an_aborted_job_leaves_no_mpi_segment_behind(tmp_path):
-    from distopt.launch import _shm_cleanup
-    from distopt.launch._cli import find_mpiexec, mpi_vendor
-
-    script = tmp_path / "abort.py"
-    script.write_text(
-        "from mpi4py import MPI\n"
-        "MPI.COMM_WORLD.Barrier()  # every rank has attached MPI's shared memory\n"
-        "raise SystemExit(3)\n"
-    )
-    before = _shm_cleanup.snapshot()
-    out = run_distoptrun(2, str(script), timeout=60)
-    report = f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
-    assert out.returncode != 0, report
-    left = _shm_cleanup.snapshot() - before
-    # Another job on this machine may hold new segments of its own; none may be unused.
-    assert not left - _shm_cleanup._in_use(_shm_cleanup.SHM_DIR), (left, report)
-    if mpi_vendor(find_mpiexec()) == "mpich":  # MPICH leaves one behind on MPI_Abort
-        assert re.search(r"distoptrun: removed \d+ shared-memory segment", out.stderr), report
-
-
 def test_cleanup_removes_only_new_unused_mpi_segments(tmp_path):
-    from distopt.launch import _shm_cleanup
-
     (tmp_path / "mpich_shm_old").write_bytes(b"x")
     (tmp_path / "unrelated_file").write_bytes(b"x")
     before = _shm_cleanup.snapshot(tmp_path)
