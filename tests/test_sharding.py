@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import distopt
-from distopt.distribute import MPIStrategy
+from distopt.collectives import _reducers
+from distopt.distribute import MPIStrategy, ReduceOp
 from distopt.optimizers import _registry
 
 SHAPES = [(40, 30), (30,), (3, 3, 8, 16), (16,), (500,)]
@@ -34,9 +35,11 @@ CASES = [
 ]
 
 
-def _train(name, options, shard, shared_memory, dtype="float32", steps=3):
+def _train(name, options, shard, shared_memory, dtype="float32", steps=3, op=ReduceOp.SUM):
     distopt.utils.clear_session()
-    strategy = MPIStrategy(shard_optimizer_state=shard, shared_memory=shared_memory)
+    strategy = MPIStrategy(
+        shard_optimizer_state=shard, shared_memory=shared_memory, gradient_reduce_op=op
+    )
     rank = strategy.communicator.rank
     with strategy.scope():
         rng = np.random.default_rng(0)
@@ -78,6 +81,33 @@ def test_slot_parts_of_all_ranks_make_the_unsharded_slots(comm_world, shared_mem
         mine = np.concatenate([s.value.reshape(-1) for s in opt._slots[name]])
         parts = comm.allgather_bytes(mine.tobytes())
         np.testing.assert_array_equal(np.frombuffer(b"".join(parts), full.dtype), full)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("op", [ReduceOp.SUM, ReduceOp.MEAN])
+@pytest.mark.parametrize(
+    "name,options,scattered",
+    [("adam", {}, True), ("sgd", {"clipvalue": 0.5}, True), ("lion", {"clipnorm": 1.0}, False)],
+)
+def test_plain_mpi_sharding_reduce_scatters_when_nothing_reads_whole_gradients(
+    comm_world, monkeypatch, name, options, scattered, op
+):
+    calls = []
+    real = _reducers.reduce_scatter_flat
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].size)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_reducers, "reduce_scatter_flat", spy)
+    _, _, plain = _train(name, options, False, False, dtype="float64", op=op)
+    assert calls == []
+    strategy, _, sharded = _train(name, options, True, False, dtype="float64", op=op)
+    for a, b in zip(plain, sharded):
+        assert a.numpy().tobytes() == b.numpy().tobytes()
+    # Per-tensor clipping reads whole gradients: those keep the full reduction.
+    expect_calls = scattered and strategy.communicator.size > 1
+    assert calls == ([sum(int(np.prod(s)) for s in SHAPES)] * 3 if expect_calls else [])
 
 
 def _state_bytes(opt):

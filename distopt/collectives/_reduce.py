@@ -74,13 +74,52 @@ def _scratch(nbytes: int) -> np.ndarray:
     return held
 
 
+def _part_elements(buf: np.ndarray, size: int, piece_bytes: int) -> tuple[int, int]:
+    """(elements per part, elements per cache line) for `buf` among `size` ranks."""
+    line = max(1, _ALIGN // buf.dtype.itemsize)
+    per = max(piece_bytes // size, _MIN_PART_BYTES) // buf.dtype.itemsize
+    return -(-per // line) * line, line
+
+
 def _pairwise_sum(mpi_comm, rank: int, size: int, buf: np.ndarray, piece_bytes: int) -> None:
+    per, line = _part_elements(buf, size, piece_bytes)
+
+    def rounds():
+        # Pieces and parts start a whole number of lines from the buffer's start.
+        for a in range(0, buf.size, per * size):
+            bounds = _parts(min(per * size, buf.size - a), line, size)
+            yield [(a + lo, a + hi) for lo, hi in zip(bounds, bounds[1:])]
+
+    _sum_rounds(mpi_comm, rank, size, buf, per, rounds(), send_back=True)
+
+
+def reduce_scatter_flat(
+    comm: Communicator, buf: np.ndarray, ranges, piece_bytes: int = DEFAULT_PIECE_BYTES
+) -> None:
+    """Leaves in `buf[ranges[rank]]` the SUM over ranks of that range, added in rank order as
+    `allreduce_flat` adds it (the same bits); the rest of `buf` is left unspecified.
+
+    `ranges`: every rank's [start, stop), the same list on every rank. Float and integer
+    dtypes. Collective: call on all ranks, in the same order, with buffers of equal size.
+    """
+    if comm.size == 1 or buf.size == 0:
+        return
+    rank, size = comm.rank, comm.size
+    per, _ = _part_elements(buf, size, piece_bytes)
+    longest = max(hi - lo for lo, hi in ranges)
+    rounds = (
+        [(min(lo + j, hi), min(lo + j + per, hi)) for lo, hi in ranges]
+        for j in range(0, longest, per)
+    )
+    _sum_rounds(comm.mpi_comm, rank, size, buf, per, rounds, send_back=False)
+
+
+def _sum_rounds(mpi_comm, rank, size, buf, per, rounds, send_back: bool) -> None:
+    """For each round (every rank's [start, stop) of `buf`, at most `per` elements): the
+    others' values of my range arrive, I add them in rank order, and with `send_back` every
+    rank receives every sum."""
     itemsize = buf.dtype.itemsize
-    line = max(1, _ALIGN // itemsize)
-    per = max(piece_bytes // size, _MIN_PART_BYTES) // itemsize
-    per = -(-per // line) * line
-    # Pieces and parts start a whole number of lines from the buffer's start, the same on
-    # every rank; receive rows start at the same offset from a line as the parts.
+    # Receive rows start at the same offset from a cache line as `buf` (and so as the parts).
     shift = buf.__array_interface__["data"][0] % _ALIGN
     row = per * itemsize + _ALIGN
     scratch = _scratch((size - 1) * row + _ALIGN)
@@ -88,18 +127,17 @@ def _pairwise_sum(mpi_comm, rank: int, size: int, buf: np.ndarray, piece_bytes: 
     for k, src in enumerate(r for r in range(size) if r != rank):
         rows[src] = scratch[k * row + shift : k * row + shift + per * itemsize]
     exchange = _sendrecv if size == 2 else _all_at_once
-    for a in range(0, buf.size, per * size):
-        piece = buf[a : a + per * size]
-        bounds = _parts(piece.size, line, size)
-        lo, hi = bounds[rank], bounds[rank + 1]
+    for bounds in rounds:
+        lo, hi = bounds[rank]
         got = {src: row[: (hi - lo) * itemsize] for src, row in rows.items()}
-        parts = {r: piece[bounds[r] : bounds[r + 1]].view(np.uint8) for r in rows}
+        parts = {r: buf[bounds[r][0] : bounds[r][1]].view(np.uint8) for r in rows}
         exchange(mpi_comm, parts, got, _TAG_PARTS)  # everyone's x_rank of my part
-        mine = piece[lo:hi]
+        mine = buf[lo:hi]
         if hi > lo:
             _sum_in_rank_order(mine, {r: g.view(buf.dtype) for r, g in got.items()}, rank, size)
-        own = mine.view(np.uint8)
-        exchange(mpi_comm, dict.fromkeys(rows, own), parts, _TAG_SUMS)  # and back: the sums
+        if send_back:
+            own = mine.view(np.uint8)
+            exchange(mpi_comm, dict.fromkeys(rows, own), parts, _TAG_SUMS)  # and the sums
 
 
 def _sendrecv(mpi_comm, sends: dict, receives: dict, tag: int) -> None:

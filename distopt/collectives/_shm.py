@@ -155,9 +155,10 @@ class SharedMemoryReducer:
             self._outstanding = False
             self.groups.node.Barrier()
 
-    def allreduce(self, plan: BucketPlan, mean: bool, grads=None) -> list[np.ndarray]:
+    def allreduce(self, plan: BucketPlan, mean: bool, grads=None, scatter=None) -> list:
         """Packs `grads` (if given) into `plan`, then SUM (or MEAN) over all ranks; returns
-        views of the node's result.
+        views of the node's result. `scatter` is ignored: within a node each rank already
+        sums only its share, into memory every rank reads.
 
         The views are read-only by convention and valid until `release()` or the next
         reduction. Collective: call on all ranks, in the same order, with identical plans.

@@ -224,11 +224,13 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         return list(plan.views)
 
     def _reduce_gradients(
-        self, grads: Sequence[np.ndarray], variables: Sequence[Variable]
+        self, grads: Sequence[np.ndarray], variables: Sequence[Variable], scatter=None
     ) -> list[np.ndarray]:
         """SUM- (or MEAN-) all-reduces gradients, cast to their variables' dtypes.
 
         Returns views into the strategy's buckets, valid until the next reduction.
+        `scatter` (dtype -> every rank's [start, stop) in that dtype's flat gradients): this
+        rank reads only its range, which the reducer may then reduce alone (ZeRO-1).
         Collective: call on all ranks, in the same order, with the same shapes and dtypes.
         """
         key, plan = self._cached_plan(variables)
@@ -239,7 +241,8 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
             if plan is None:
                 plan = self._new_plan(key, variables)
                 safety.remember(plan, signature)
-            return self._reducer.allreduce(plan, self._gradient_reduce_op is ReduceOp.MEAN, grads)
+            mean = self._gradient_reduce_op is ReduceOp.MEAN
+            return self._reducer.allreduce(plan, mean, grads, scatter)
         finally:
             safety.end()
 
@@ -328,7 +331,7 @@ class _DefaultStrategy(Strategy):
             "on the strategy you created (e.g. your MPIStrategy)."
         )
 
-    def _reduce_gradients(self, grads, variables):
+    def _reduce_gradients(self, grads, variables, scatter=None):
         return [
             g if (type(g) is np.ndarray and g.dtype == v._value.dtype) else np.asarray(g, v.dtype)
             for g, v in zip(grads, variables)

@@ -188,7 +188,9 @@ class ApplyMixin:
             self._accumulate_and_update(grads, variables, reduce)
         else:
             if reduce is not None and (cast or not strategy._is_default):
-                grads = self._unscale(reduce(grads, variables))  # in the variables' dtypes
+                scatter = self._gradient_scatter(variables)
+                extra = () if scatter is None else (scatter,)
+                grads = self._unscale(reduce(grads, variables, *extra))  # variables' dtypes
             elif cast:
                 grads = self._cast(self._unscale(grads), variables)
             else:
@@ -200,6 +202,26 @@ class ApplyMixin:
             self._update_moving_averages()
         if constrained:
             self._apply_constraints(variables)
+
+    def _gradient_scatter(self, variables):
+        """Under ZeRO-1 with an elementwise kernel, every rank's range of each dtype's flat
+        gradients (the part of the arena it updates), when this step reads nothing else:
+        then the gradients need only be reduce-scattered. Else None."""
+        layout = getattr(self, "_layout", None)
+        if (
+            layout is None
+            or layout.sharding is None
+            or layout.owned is not None  # whole tensors: laid out by owner, not by list
+            or self._kernel is None
+            or (self.clipnorm and self.clipnorm > 0)  # norms read whole gradients
+            or (self.global_clipnorm and self.global_clipnorm > 0)
+            or len(variables) != len(layout.variables)
+        ):
+            return None
+        if not all(in_place for _, _, in_place in layout.step_groups(variables)):
+            return None  # not the arena in order: the update step raises
+        sharding = layout.sharding
+        return {dt: sharding.ranges(dt, n) for dt, n in layout.totals.items()}
 
     @staticmethod
     def _cast(grads, variables):
