@@ -34,10 +34,10 @@ class CountingStrategy(MPIStrategy):
         self.reduced_elements = 0
         self.other_reductions = 0
 
-    def _reduce_gradients(self, grads, variables):
+    def _reduce_gradients(self, grads, variables, scatter=None):
         self.gradient_reductions += 1
         self.reduced_elements += sum(int(np.size(g)) for g in grads)
-        return super()._reduce_gradients(grads, variables)
+        return super()._reduce_gradients(grads, variables, scatter)
 
     def _reduce_leaves(self, op, leaves):
         self.other_reductions += 1
