@@ -5,11 +5,10 @@ Gradients are summed in the same order as without sharding (so the bits are the 
 the plain-MPI path only this rank's range is reduced when the step reads nothing else
 (`reduce_scatter_flat`). Each rank then updates only its 1/N of every dtype's flat
 parameter arena, keeping optimizer state for that part alone, and the updated parts are
-all-gathered. Optimizers whose maths needs whole
-tensors (Adafactor, Lamb, Muon) own whole tensors instead (`tensor_owners`), laid out so that
-each rank's tensors are one block of the arena, which the same all-gather then fills. On one
-node the all-gather goes through a shared-memory staging buffer; otherwise through
-`Allgatherv` in pieces.
+all-gathered. Optimizers whose maths needs whole tensors (Adafactor, Lamb, Muon) own whole
+tensors instead (`tensor_owners`), laid out so that each rank's tensors are one block of
+the arena, which the same all-gather then fills. On one node the all-gather goes through a
+shared-memory staging buffer; otherwise through `Allgatherv` in pieces.
 """
 
 from __future__ import annotations
