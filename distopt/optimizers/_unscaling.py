@@ -3,11 +3,11 @@ whole list in one pass."""
 
 from __future__ import annotations
 
-import math
 import operator
 
 import numpy as np
 
+from distopt.collectives._bucket import BucketPlan
 from distopt.distribute import ReduceOp
 from distopt.optimizers import _arena
 
@@ -71,20 +71,17 @@ class Unscaler:
 
     def __init__(self, facts):
         self.facts = facts  # the list's `_validation.ListFacts`
-        shapes, dtypes = facts.shapes, facts.dtypes
+        dtypes = facts.dtypes
+        # The gradient buckets' layout: per-dtype flat buffers, tensors in list order.
+        plan = BucketPlan(facts.shapes, dtypes)
+        self.views: list = plan.views
         positions: dict[np.dtype, list[int]] = {}
-        for k, dt in enumerate(dtypes):
+        for k, dt in enumerate(plan.dtypes):
             positions.setdefault(dt, []).append(k)
-        self.views: list = [None] * len(dtypes)
-        self.groups = []  # (positions, or None for the whole list; buffer)
-        for dt, ks in positions.items():
-            sizes = [math.prod(shapes[k]) for k in ks]
-            buffer = np.empty(sum(sizes), dt)
-            offset = 0
-            for k, n in zip(ks, sizes):
-                self.views[k] = buffer[offset : offset + n].reshape(shapes[k])
-                offset += n
-            self.groups.append((None if len(ks) == len(dtypes) else ks, buffer))
+        self.groups = [  # (positions, or None for the whole list; buffer)
+            (None if len(ks) == len(dtypes) else ks, plan.buffers[dt])
+            for dt, ks in positions.items()
+        ]
 
     @staticmethod
     def fits(dtypes) -> bool:
