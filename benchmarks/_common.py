@@ -49,20 +49,7 @@ def use_clock(name: str) -> None:
 def median_ms(fn, repeats: int, warmup: int = 2, comm=None) -> float:
     """Median time of `fn()` in ms. Under MPI every repeat starts after a barrier and
     counts the slowest rank (a collective is as slow as its last rank)."""
-    now = _clock["now"]
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if comm is not None:
-            comm.Barrier()
-        t = now()
-        fn()
-        dt = now() - t
-        if comm is not None:
-            dt = comm.allreduce(dt, op=_max())
-        times.append(dt)
-    return float(np.median(times)) * 1e3
+    return interleaved_ms({"fn": fn}, repeats, warmup, comm)["fn"]
 
 
 def interleaved_ms(fns: dict, repeats: int, warmup: int = 2, comm=None) -> dict[str, float]:
