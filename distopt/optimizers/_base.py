@@ -128,7 +128,8 @@ class Optimizer(
     def learning_rate(self, value):
         if isinstance(value, LearningRateSchedule) or callable(value):
             if isinstance(self._learning_rate, Variable):
-                self._variables.remove(self._learning_rate)
+                # By identity: `==` on variables compares values.
+                self._variables = [v for v in self._variables if v is not self._learning_rate]
             self._learning_rate = value
             return
         if isinstance(self._learning_rate, LearningRateSchedule):
