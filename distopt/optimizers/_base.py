@@ -146,9 +146,13 @@ class Optimizer(
             )
         self._learning_rate.assign(value)
 
-    def _learning_rate_value(self) -> float:
+    def _learning_rate_value(self):
+        """This step's learning rate in its own dtype, as Keras passes it to `update_step`:
+        a numpy scalar (float32 for the variable) or a Python float from a callable."""
         lr = self.learning_rate
-        return float(np.asarray(lr.value if isinstance(lr, Variable) else lr))
+        if isinstance(lr, Variable):
+            return lr.value[()]
+        return lr if isinstance(lr, float) else np.asarray(lr)[()]
 
     # -- variables ----------------------------------------------------------------------------
     def _track(self, variable: Variable) -> Variable:
