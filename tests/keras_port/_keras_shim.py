@@ -15,10 +15,12 @@ import unittest
 
 import numpy as np
 import pytest
-from absl.testing import parameterized
 
 import distopt
 import distopt.optimizers
+
+# Keras's test classes are absl's parameterized tests; absl comes with the `keras` extra.
+parameterized = pytest.importorskip("absl.testing.parameterized")
 
 NEEDS_MODELS = "needs Keras models/layers (fit/compile), which distopt does not provide"
 

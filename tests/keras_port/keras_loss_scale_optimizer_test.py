@@ -3,8 +3,7 @@
 run against distopt: imports point at distopt (and `_keras_shim`); test bodies are Keras's."""
 
 import numpy as np
-from _keras_shim import TestCase, backend, ops
-from absl.testing import parameterized
+from _keras_shim import TestCase, backend, ops, parameterized
 
 from distopt.optimizers import SGD, LossScaleOptimizer
 

@@ -7,8 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
-from _keras_shim import TestCase, backend, constraints, layers, models, optimizers
-from absl.testing import parameterized
+from _keras_shim import TestCase, backend, constraints, layers, models, optimizers, parameterized
 
 
 class OptimizerTest(TestCase):
