@@ -53,9 +53,11 @@ CONFIGS = [
 ]
 
 
-def run(module, Variable, cls, kwargs, steps):
-    """Trains a kernel (4, 3) and a bias (3,) in float64; returns the final model values
-    and every optimizer variable's value, as lists."""
+def run(module, Variable, cls, kwargs, steps, resume=None):
+    """Trains a kernel (4, 3) and a bias (3,) in float64 on seeded gradients; returns the
+    final model values, every optimizer variable's value and, half-way, the model values and
+    the `save_own_variables` store, as lists. With `resume` (such a half-way pair), the first
+    half is skipped: the model and optimizer start from it (`build` + `load_own_variables`)."""
     kwargs = dict(kwargs)
     if "schedule" in kwargs:
         # float32, as Keras computes a schedule of a Python float (JAX's x64 mode would
@@ -66,12 +68,28 @@ def run(module, Variable, cls, kwargs, steps):
     rng = np.random.default_rng(7)
     kernel = Variable(rng.normal(size=(4, 3)), dtype="float64", name="kernel")
     bias = Variable(rng.normal(size=3), dtype="float64", name="bias")
-    for _ in range(steps):
+    half = None
+    for step in range(steps):
         grads = [rng.normal(size=(4, 3)), rng.normal(size=3)]
+        if step == steps // 2:
+            if resume is None:
+                store = {}
+                optimizer.save_own_variables(store)
+                half = [
+                    [np.asarray(kernel.value).tolist(), np.asarray(bias.value).tolist()],
+                    [np.asarray(store[str(i)]).tolist() for i in range(len(store))],
+                ]
+            else:
+                kernel.assign(np.array(resume[0][0]))
+                bias.assign(np.array(resume[0][1]))
+                optimizer.build([kernel, bias])
+                optimizer.load_own_variables({str(i): np.array(v) for i, v in enumerate(resume[1])})
+        if resume is not None and step < steps // 2:
+            continue
         optimizer.apply_gradients(zip(grads, [kernel, bias]))
     model = [np.asarray(kernel.value).tolist(), np.asarray(bias.value).tolist()]
     state = [np.asarray(v.value, dtype="float64").tolist() for v in optimizer.variables]
-    return model, state
+    return model, state, half
 
 
 KERAS_SCRIPT = """
@@ -95,10 +113,23 @@ def keras_results():
 @pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"{c}-{k}" for c, k in CONFIGS])
 def test_matches_real_keras_in_float64(keras_results, index):
     cls, kwargs = CONFIGS[index]
-    model, state = run(distopt.optimizers, distopt.Variable, cls, kwargs, STEPS)
-    keras_model, keras_state = keras_results[index]
+    model, state, _ = run(distopt.optimizers, distopt.Variable, cls, kwargs, STEPS)
+    keras_model, keras_state, _ = keras_results[index]
     for ours, theirs in zip(model, keras_model):
         np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=0)
     assert len(state) == len(keras_state)
     for i, (ours, theirs) in enumerate(zip(state, keras_state)):
         np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=0, err_msg=f"variables[{i}]")
+
+
+@requires_keras
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[f"{c}-{k}" for c, k in CONFIGS])
+def test_state_saved_by_keras_resumes_in_distopt(keras_results, index):
+    """Keras's `save_own_variables` store half-way, loaded into distopt, continues to Keras's
+    final values: every slot lands where Keras keeps it."""
+    cls, kwargs = CONFIGS[index]
+    keras_model, _, keras_half = keras_results[index]
+    model, _, _ = run(distopt.optimizers, distopt.Variable, cls, kwargs, STEPS, keras_half)
+    for ours, theirs in zip(model, keras_model):
+        np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=0)
