@@ -4,7 +4,9 @@ Each strategy owns a `Monitor`; `enter(op)` / `leave()` bracket every collective
 (two attribute writes, no communication). One process-wide daemon thread wakes about once
 a second, answers other ranks' census requests on the communicator's side channel, and when
 this rank has been inside one collective longer than its timeout, asks every rank where it
-is, prints which ranks did not arrive, and calls MPI_Abort.
+is, prints which ranks did not arrive, and calls MPI_Abort. A rank that exits tells the
+others on the side channel; a rank waiting in a collective that the exited rank never reached
+aborts at its next tick, naming it, instead of waiting for the deadline.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from distopt._stderr import write_uncaptured
 
 DEFAULT_TIMEOUT = 600.0
 TIMEOUT_ENV = "DISTOPT_COLLECTIVE_TIMEOUT"
-DEADLINE_EXIT_CODE = 124
+# Distinct from 124 (GNU `timeout`'s "I killed it") and from 128+N (killed by signal N).
+DEADLINE_EXIT_CODE = 86  # a collective overran its deadline: some rank is alive but stuck
+DEPARTED_EXIT_CODE = 87  # a rank exited while others waited for it in a collective
 OPERATIONS = (
     "collective", "gradient aggregation", "reduce", "all_reduce", "broadcast",
     "variable broadcast", "dataset step agreement", "gradient buffers", "parameter all-gather",
@@ -103,8 +107,20 @@ class Monitor:
             except Exception:  # noqa: BLE001 - MPI finalized or broken: keep the deadline only
                 self.channel = None
         cur = self.current
-        if cur is not None and not self._fired and now - cur[3] > self.timeout:
+        if cur is None or self._fired:
+            return
+        # An exited rank's last collective is final: one it never reached cannot complete.
+        gone = sorted(p for p, msg in self.exited.items() if int(msg[1]) < cur[0])
+        if gone:
+            self._depart(cur, gone)
+        elif now - cur[3] > self.timeout:
             self._expire(cur)
+
+    def _depart(self, cur: tuple, gone: list[int]) -> None:
+        self._fired = True
+        write_uncaptured(departure_message(self, cur, gone) + "\n")
+        time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
+        self.communicator.abort(DEPARTED_EXIT_CODE)
 
     def _expire(self, cur: tuple) -> None:
         self._fired = True
@@ -171,6 +187,23 @@ def deadline_message(monitor: Monitor, cur: tuple, replies: dict) -> str:
         f"MPIStrategy(collective_timeout=...) or {TIMEOUT_ENV}.",
     ]
     return "\n".join(lines)
+
+
+def departure_message(monitor: Monitor, cur: tuple, gone: list[int]) -> str:
+    """Which ranks exited before reaching collective `cur`, where this rank waits for them."""
+    seq, op, step, _ = cur
+    comm = monitor.communicator
+    many = len(gone) > 1
+    return "\n".join([
+        f"distopt: rank{'s' if many else ''} {', '.join(map(str, gone))} of {comm.size} "
+        f"exited while rank {comm.rank} waits for {'them' if many else 'it'} in `{_op_name(op)}` "
+        f"at step {step} (collective #{seq}).",
+        *(f"  rank {p}: finished its script and exited after {_where(monitor.exited[p])}"
+          for p in gone),
+        f"Aborting the job (MPI_Abort, exit code {DEPARTED_EXIT_CODE}). Every rank must run the "
+        "same collectives in the same order: end every rank's loop after the same number of "
+        "steps (a rank that skips `apply_gradients` or leaves its loop early stalls the others).",
+    ])  # fmt: skip
 
 
 class _Watchdog:
