@@ -15,7 +15,6 @@ import atexit
 import os
 import threading
 import time
-import weakref
 
 import numpy as np
 
@@ -210,7 +209,10 @@ class _Watchdog:
     """The one thread that ticks every live monitor."""
 
     def __init__(self):
-        self._monitors: weakref.WeakSet = weakref.WeakSet()
+        # Strong references: a strategy dropped without `close()` keeps its communicator until
+        # MPI_Finalize, and its peers may still wait in its collectives; its monitor keeps
+        # answering them and sends its exit notice.
+        self._monitors: set[Monitor] = set()
         self._lock = threading.Lock()
         self._ticking = threading.Lock()  # held while monitors are ticked
         self._stop = threading.Event()
