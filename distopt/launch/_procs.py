@@ -71,8 +71,9 @@ def descendants(root: int) -> set[int]:
 class JobWatch:
     """Watches the process tree under `root` (mpiexec's pid) from a daemon thread."""
 
-    def __init__(self, root: int):
+    def __init__(self, root: int, interval: float | None = None):
         self.root = root
+        self._interval = interval  # None: fast while the job starts, then slow
         self.seen: dict[int, int] = {}  # pid -> start time
         self._root_start = start_time(root)
         self.segments: set[str] = set()
@@ -86,7 +87,8 @@ class JobWatch:
         while True:
             self.scan()
             fast = time.monotonic() - begin < FAST_PERIOD
-            if self._stop.wait(FAST_SCAN if fast else SLOW_SCAN):
+            interval = self._interval or (FAST_SCAN if fast else SLOW_SCAN)
+            if self._stop.wait(interval):
                 return
 
     def alive(self) -> list[int]:
