@@ -140,6 +140,7 @@ def test_rank_exiting_while_others_wait_ends_the_job(tmp_path, n, launcher, mode
     assert "rank 1: finished its script and exited after collective #5" in out, out
     assert "deadline exceeded" not in out and "rank 0 finished" not in out, out
     assert after_mark <= SLACK, f"took {after_mark:.1f} s after the exit:\n{out}"
+    print(f"ended {after_mark:.2f} s after rank 1 exited")
 
 
 def test_busy_rank_is_named_and_the_job_aborts(tmp_path):
@@ -179,7 +180,8 @@ def test_rank_never_creating_the_strategy_aborts_at_the_deadline(tmp_path, n, mo
 
 
 @pytest.mark.parametrize(
-    "n, launcher", [(2, "mpiexec"), (3, "mpiexec"), (4, "mpiexec"), (2, "distoptrun")]
+    "n, launcher",
+    [(2, "mpiexec"), (3, "mpiexec"), (4, "mpiexec"), (2, "distoptrun"), (4, "distoptrun")],
 )
 def test_rank_exiting_before_creating_the_strategy_ends_the_job(tmp_path, n, launcher):
     code, out, after_mark, _ = launch(tmp_path, n, "absent-exit", launcher, deadline=LONG_DEADLINE)
@@ -190,6 +192,7 @@ def test_rank_exiting_before_creating_the_strategy_ends_the_job(tmp_path, n, lau
     assert "rank 1: exited before creating its MPIStrategy" in out, out
     assert "deadline exceeded" not in out and "rank 0 finished" not in out, out
     assert after_mark <= SLACK, f"took {after_mark:.1f} s after the exit:\n{out}"
+    print(f"ended {after_mark:.2f} s after rank 1 exited")
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,13 @@ import time
 
 import numpy as np
 
-from distopt._stderr import write_uncaptured
 from distopt.collectives import _departure
-from distopt.collectives._deadline import DEADLINE_EXIT_CODE, DEPARTED_EXIT_CODE, TIMEOUT_ENV
+from distopt.collectives._deadline import (
+    DEADLINE_EXIT_CODE,
+    DEPARTED_EXIT_CODE,
+    TIMEOUT_ENV,
+    end_job,
+)
 
 WHAT = "MPIStrategy creation"
 _TAG_ARRIVED = 0x7D153
@@ -118,6 +122,6 @@ def creation_message(rank: int, size: int, timeout: float, missing, gone=()) -> 
 
 
 def _expire(base, rank, size, timeout, missing, gone=()) -> None:
-    write_uncaptured(creation_message(rank, size, timeout, missing, gone) + "\n")
-    time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
-    base.Abort(DEPARTED_EXIT_CODE if gone else DEADLINE_EXIT_CODE)
+    message = creation_message(rank, size, timeout, missing, gone)
+    leader = missing is None or rank == min(set(range(size)) - set(missing))
+    end_job(base.Abort, DEPARTED_EXIT_CODE if gone else DEADLINE_EXIT_CODE, message, leader)

@@ -33,6 +33,19 @@ OPERATIONS = (
 _CREATION = OPERATIONS.index("MPIStrategy creation")
 _STATE, _EXIT = 1, 2
 _MAX_EXIT_NOTICES = 64  # beyond this, exiting ranks stay silent (N^2 messages)
+# mpiexec (Hydra) exits with the abort's code when one rank aborts, but ranks aborting at the
+# same moment can make it report a killed rank's 9: only the lowest of the waiting ranks
+# aborts at once; the others wait this long first, in case it could not.
+FOLLOWER_DELAY = 2.0
+
+
+def end_job(abort, code: int, message: str, leader: bool) -> None:
+    """Prints `message` past any output capture and calls `abort(code)` (see FOLLOWER_DELAY)."""
+    if not leader:
+        time.sleep(FOLLOWER_DELAY)
+    write_uncaptured(message + "\n")
+    time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
+    abort(code)
 
 
 def resolve_timeout(value) -> float:
@@ -117,9 +130,9 @@ class Monitor:
 
     def _depart(self, cur: tuple, gone: list[int]) -> None:
         self._fired = True
-        write_uncaptured(departure_message(self, cur, gone) + "\n")
-        time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
-        self.communicator.abort(DEPARTED_EXIT_CODE)
+        comm = self.communicator
+        leader = comm.rank == min(set(range(comm.size)) - set(self.exited))
+        end_job(comm.abort, DEPARTED_EXIT_CODE, departure_message(self, cur, gone), leader)
 
     def _expire(self, cur: tuple) -> None:
         self._fired = True
@@ -134,9 +147,9 @@ class Monitor:
             self._fired = False
             return
         # Not only `sys.stderr`: under pytest's capture the abort would discard the message.
-        write_uncaptured(deadline_message(self, cur, replies) + "\n")
-        time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
-        self.communicator.abort(DEADLINE_EXIT_CODE)
+        message = deadline_message(self, cur, replies)
+        leader = self.communicator.rank == min(_arrived(self, cur[0], replies))
+        end_job(self.communicator.abort, DEADLINE_EXIT_CODE, message, leader)
 
 
 def _where(msg) -> str:
@@ -148,18 +161,27 @@ def _where(msg) -> str:
     return f"collective #{seq} (`{_op_name(op)}`, step {step})"
 
 
+def _arrived(monitor: Monitor, seq: int, replies: dict) -> list[int]:
+    """This rank and the peers whose reply (or exit notice) says they reached collective `seq`."""
+    comm = monitor.communicator
+    arrived = [comm.rank]
+    for peer in range(comm.size):
+        msg = replies.get(peer, monitor.exited.get(peer))
+        if peer != comm.rank and msg is not None and int(msg[1]) >= seq:
+            arrived.append(peer)
+    return arrived
+
+
 def deadline_message(monitor: Monitor, cur: tuple, replies: dict) -> str:
     """Which ranks arrived at collective `cur` and where the others are."""
     seq, op, step, _ = cur
     comm = monitor.communicator
-    arrived, missing = [comm.rank], []
+    arrived, missing = _arrived(monitor, seq, replies), []
     for peer in range(comm.size):
-        if peer == comm.rank:
-            continue
         msg = replies.get(peer, monitor.exited.get(peer))
-        if msg is not None and int(msg[1]) >= seq:
-            arrived.append(peer)
-        elif msg is None:
+        if peer in arrived:
+            continue
+        if msg is None:
             missing.append(f"rank {peer}: no answer (it crashed, is exiting, or is stuck in "
                            "code that holds the Python GIL)")  # fmt: skip
         elif msg[0] == _EXIT:

@@ -17,8 +17,9 @@ import numpy as np
 
 TAG_EXITED = 0x7D154
 MAX_NOTICES = 64  # beyond this, N^2 notices cost more than naming the rank is worth
-# MPICH/Intel (Hydra, PMI), Open MPI, Slurm's srun.
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
+# Set for each rank by MPICH/Intel's Hydra (and srun --mpi=pmi2) and by Open MPI. Not
+# SLURM_NTASKS: a batch script's own processes have it too, and are no rank.
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 _lock = threading.Lock()
 _gone: set[int] = set()  # world ranks whose notice this process has received
 

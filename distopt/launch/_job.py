@@ -15,6 +15,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from distopt.launch import _shm_cleanup
@@ -35,19 +36,26 @@ def run(cmd: list[str], env: dict, grace: float = GRACE) -> int:
     before = _shm_cleanup.snapshot()
     received: list[int] = []
     first = [0.0]
+    child: list[subprocess.Popen] = []
 
     def on_signal(signum, _frame):
         if not received:
             first[0] = time.monotonic()
         received.append(signum)
-        try:
-            proc.send_signal(signum)
-        except OSError:  # already gone
-            pass
+        _forward(child, signum)
 
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    main = threading.current_thread() is threading.main_thread()  # else Python cannot
+    # Handlers first: a signal that comes while mpiexec starts is forwarded once it exists.
+    previous = {s: signal.signal(s, on_signal) for s in FORWARDED} if main else {}
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    except BaseException:
+        _restore(previous)
+        raise
+    child.append(proc)
+    if received:
+        _forward(child, received[0])
     watch = JobWatch(proc.pid)
-    previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
     killed = False
     try:
         while proc.poll() is None:
@@ -61,11 +69,23 @@ def run(cmd: list[str], env: dict, grace: float = GRACE) -> int:
             watch.kill_all()
             watch.wait_gone(EXIT_WAIT)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
         watch.stop()
         _remove_segments(watch, before)
     return 128 + received[0] if received else exit_status(proc.returncode)
+
+
+def _forward(child: list, signum: int) -> None:
+    if child:
+        try:
+            child[0].send_signal(signum)
+        except OSError:  # already gone
+            pass
+
+
+def _restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def _remove_segments(watch: JobWatch, before: set[str]) -> None:
