@@ -38,10 +38,12 @@ import distopt
 from distopt.distribute import MPIStrategy
 
 mode = sys.argv[1]
-if mode == "absent-raise-uninitialised":  # raises before this rank ever initialised MPI
+if mode.endswith("-uninitialised"):  # rank 1 ends before it ever initialised MPI
     if os.environ.get("PMI_RANK") == "1":
         print(f"MARK {time.time()}", flush=True)
-        raise ValueError("boom before MPI_Init")
+        if mode == "absent-raise-uninitialised":
+            raise ValueError("boom before MPI_Init")
+        sys.exit(0)
 elif mode.startswith("absent"):  # rank 1 never creates the strategy
     from mpi4py import MPI
 
@@ -183,8 +185,9 @@ def test_rank_never_creating_the_strategy_aborts_at_the_deadline(tmp_path, n, mo
     "n, launcher",
     [(2, "mpiexec"), (3, "mpiexec"), (4, "mpiexec"), (2, "distoptrun"), (4, "distoptrun")],
 )
-def test_rank_exiting_before_creating_the_strategy_ends_the_job(tmp_path, n, launcher):
-    code, out, after_mark, _ = launch(tmp_path, n, "absent-exit", launcher, deadline=LONG_DEADLINE)
+@pytest.mark.parametrize("mode", ["absent-exit", "absent-exit-uninitialised"])
+def test_rank_exiting_before_creating_the_strategy_ends_the_job(tmp_path, n, launcher, mode):
+    code, out, after_mark, _ = launch(tmp_path, n, mode, launcher, deadline=LONG_DEADLINE)
     assert code == DEPARTED_EXIT_CODE, out
     assert f"distopt: rank 1 of {n} exited while rank " in out, out
     assert "waits for it in `MPIStrategy creation` (duplicating the communicator)" in out, out
