@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from distopt.collectives import _wait
 from distopt.collectives._deadline import _op_name
 
 _MAX_LINES = 12
@@ -55,7 +56,7 @@ def check(communicator, signature: Signature, seq: int, step: int) -> None:
     Collective: call on all ranks, in the same order.
     """
     header = np.array([signature.digest, -signature.digest, seq, -seq], dtype=np.int64)
-    communicator.allreduce(header, "min")
+    _wait.allreduce(communicator, header, "min")  # where ranks wait for a late one: no spinning
     if header[0] == -header[1] and header[2] == -header[3]:
         return
     mine = {"op": signature.op, "detail": signature.detail, "seq": seq, "step": step,
