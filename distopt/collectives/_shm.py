@@ -80,12 +80,10 @@ class SharedMemoryReducer:
         self._shared[id(shared.plan)] = shared
         return shared.plan
 
-    def plan_bytes(self, plan: BucketPlan) -> int:
-        """Bytes `plan` holds on this node: its window, or this rank's plain buffers."""
+    def result_views(self, plan: BucketPlan) -> list:
+        """The views `allreduce(plan)` returns (they live in the plan's window)."""
         shared = self._shared.get(id(plan))
-        if shared is None:
-            return sum(buf.nbytes for buf in plan.buffers.values())
-        return shared.node_bytes
+        return [] if shared is None else shared.result_plan.views
 
     def free_plan(self, plan: BucketPlan) -> None:
         """Frees `plan`'s window (if it has one); the plan must not be used again.

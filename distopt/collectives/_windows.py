@@ -45,7 +45,6 @@ class SharedPlan:
         for buf in self.segments[groups.local_rank].values():
             buf[...] = 0
         self.totals = totals
-        self.node_bytes = nbytes * (groups.local_size + (not in_place))
         self.plan = BucketPlan(shapes, dtypes, bucket_bytes, self.segments[groups.local_rank])
         self.result_plan = BucketPlan(shapes, dtypes, bucket_bytes, self.result)
 

@@ -97,9 +97,9 @@ class MPIStrategy(Strategy):
                 collective_timeout=timeout,
             )
             options = (f"gradient_reduce_op={op.name}, bucket_bytes={bucket_bytes}, "
-                       f"shared_memory={shared_memory!r}, shard_optimizer_state="
-                       f"{shard_optimizer_state}, compression={compression!r}, "
-                       f"ranks_per_node={ranks_per_node}")  # fmt: skip
+                       f"shared_memory={shared_memory!r}, ranks_per_node={ranks_per_node}, "
+                       f"shard_optimizer_state={shard_optimizer_state}, "
+                       f"compression={compression!r}")  # fmt: skip
             with self._safety.creating(Signature(CREATION, options, ())):
                 self._gradient_reducer = make_reducer(
                     communicator, shared_memory, wire, _ranks_per_node=ranks_per_node
