@@ -65,7 +65,10 @@ class PlanCache:
         held = tuple(variables)
         hit = self._recent.get(held)
         if hit is not None:
-            self._entries.move_to_end(hit[0])
+            try:
+                self._entries.move_to_end(hit[0])
+            except KeyError:  # freed by another thread meanwhile
+                return None
             return hit[1]
         with self._lock:
             number = self._by_ids.get(tuple(map(id, held)))

@@ -36,6 +36,8 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
     replica context, where `optimizer.apply_gradients` all-reduces the gradients. Every
     collective is guarded (ranks that disagree all raise `CollectiveMismatchError`) and has a
     deadline of `collective_timeout` seconds (default `$DISTOPT_COLLECTIVE_TIMEOUT` or 600).
+    Gradient bucket plans, one per variable list, are kept least recently used first within
+    256 MB per rank, freed once their variables are gone, and all freed by `close()`.
     """
 
     _is_default = False
