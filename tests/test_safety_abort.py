@@ -10,12 +10,12 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _mpi_jobs import run_job
 
 from distopt.collectives._deadline import (
     DEADLINE_EXIT_CODE,
@@ -112,7 +112,7 @@ def launch(tmp_path, n, mode, launcher="mpiexec", env=None, deadline=DEADLINE):
     else:
         cmd = [sys.executable, "-m", "distopt.launch", "-np", str(n), *args]
     start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT, env=e, cwd=ROOT)
+    proc = run_job(cmd, timeout=JOB_TIMEOUT, env=e, cwd=ROOT)  # and its /dev/shm files
     end = time.time()
     out = proc.stdout + proc.stderr
     marks = [float(m) for m in re.findall(r"MARK ([0-9.]+)", out)]
@@ -254,9 +254,7 @@ def test_abort_message_survives_pytests_output_capture(tmp_path, capture, mode):
     e.pop(TIMEOUT_ENV, None)
     cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            f"--capture={capture}", "test_stall.py"]  # fmt: skip
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT, env=e, cwd=tmp_path
-    )
+    proc = run_job(cmd, timeout=JOB_TIMEOUT, env=e, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     if mode == "stall":
         assert proc.returncode == DEADLINE_EXIT_CODE, out

@@ -76,6 +76,9 @@ class PieceReducer:
     def release(self) -> None:
         """Nothing to do: every rank reduces into its own memory."""
 
+    def free_plan(self, plan: BucketPlan) -> None:
+        """Nothing to free: the plan's numpy buffers go with their last reference."""
+
     def close(self) -> None:
         return None
 

@@ -109,6 +109,13 @@ class CollectiveSafety:
             self._gradient_signatures.clear()
         self._gradient_signatures[id(plan)] = (plan, signature)
 
+    def forget(self, plans=None) -> None:
+        """Drops the cached signatures of `plans` (default: all), so the plans can go."""
+        if plans is None:
+            self._gradient_signatures.clear()
+        for plan in plans or ():
+            self._gradient_signatures.pop(id(plan), None)
+
     def watched(self, op: int, fn):
         """`fn` bracketed for the deadline only (for collectives that follow a guarded one)."""
 
