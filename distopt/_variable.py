@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from distopt import _naming
+from distopt._variable_ops import VariableOperatorsMixin
 
 _FLOATX = "float32"
 _creation = threading.local()
@@ -54,14 +55,15 @@ def _standardize_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-class Variable:
+class Variable(VariableOperatorsMixin):
     """A numpy-backed variable, as `keras.Variable`.
 
     `value` is the live array (optimizers update it in place; it may become a view into an
     optimizer's flat parameter arena at build). `numpy()` returns a copy. With `dtype=None`
     the dtype is Keras's floatx, float32; pass `dtype="float64"` for double precision.
     A variable created under `strategy.scope()` is bound to that strategy and starts with
-    rank 0's value on every rank.
+    rank 0's value on every rank. Arithmetic, comparisons and `int`/`float` work on its value
+    as on `keras.Variable` and give numpy values (`optimizer.iterations == 0`).
     """
 
     def __init__(

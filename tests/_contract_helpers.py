@@ -3,6 +3,8 @@ and every kind of bad call an optimizer must reject without changing anything.""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from distopt import Variable
@@ -52,15 +54,19 @@ def step(opt, problem, variables, **kwargs):
 def snapshot(opt, variables) -> dict:
     """Bytes of every model variable and every optimizer variable, by position.
 
-    Keys hold the path without the optimizer's own name, so twins compare; values are
-    (dtype, bytes). Optimizer variables outside the name scope (Nadam's `u_product`) are
-    keyed by position only, since their automatic names differ between instances.
+    Keys hold the last part of the path (without the optimizer names and scopes, which differ
+    between twins and between building by `apply` or `build`); values are (dtype, bytes).
+    Automatically named optimizer variables (Nadam's `u_product`) are keyed by position only,
+    since their automatic names differ between instances.
     """
     state = {f"model:{v.path}": (v.dtype, v.value.tobytes()) for v in variables}
     for i, v in enumerate(opt.variables):
-        scoped = "/" in v.path
-        key = f"opt[{i}]:{v.path.split('/', 1)[1]}" if scoped else f"opt[{i}]"
-        state[key] = (v.dtype, np.asarray(v.value).tobytes())
+        tail = v.path.rsplit("/", 1)[-1]
+        automatic = re.fullmatch(r"variable(_\d+)?", tail)
+        state[f"opt[{i}]" if automatic else f"opt[{i}]:{tail}"] = (
+            v.dtype,
+            np.asarray(v.value).tobytes(),
+        )
     return state
 
 

@@ -140,7 +140,7 @@ class Scenario:
         elif op == "set_learning_rate":
             value = json.loads(
                 json.dumps(action["value"]).replace(
-                    '"<current learning_rate>"', repr(opt._learning_rate_value())
+                    '"<current learning_rate>"', repr(float(opt._learning_rate_value()))
                 )
             )
             opt.learning_rate = learning_rate(value)

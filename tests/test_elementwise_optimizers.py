@@ -86,7 +86,7 @@ SLOTS = [
     (optimizers.RMSprop, {}, ["velocity"]),
     (optimizers.RMSprop, {"momentum": 0.5}, ["velocity", "momentum"]),
     (optimizers.AdamW, {"amsgrad": True}, [("momentum", "velocity"), "velocity_hat"]),
-    (optimizers.Adadelta, {}, ["accumulated_grad", "accumulated_delta_var"]),
+    (optimizers.Adadelta, {}, [("accumulated_grad", "accumulated_delta_var")]),
     (optimizers.Adagrad, {}, ["accumulator"]),
     (optimizers.Adamax, {}, [("momentum", "norm")]),
     (optimizers.Nadam, {}, [("momentum", "velocity")]),

@@ -94,8 +94,9 @@ def test_variables_order_and_counters():
         "loss_scale_optimizer/dynamic_scale",
         "inner/iteration",
         "inner/learning_rate",
-        "inner/variable_momentum",
-        "inner/variable_velocity",
+        # Keras builds the inner optimizer inside the outer one's name scope too.
+        "loss_scale_optimizer/inner/variable_momentum",
+        "loss_scale_optimizer/inner/variable_velocity",
     ]
     assert returned is opt._iterations and int(returned.value) == 0  # never incremented
     assert int(opt.iterations.value) == 1 and opt.iterations is opt.inner_optimizer.iterations

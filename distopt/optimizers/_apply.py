@@ -16,7 +16,7 @@ import numpy as np
 
 from distopt.collectives import _timeline
 from distopt.distribute import _context
-from distopt.optimizers import _arena, _engine
+from distopt.optimizers import _arena, _engine, _slots
 from distopt.optimizers._validation import (
     check_gradients,
     list_facts,
@@ -161,7 +161,8 @@ class ApplyMixin:
         if not present:
             raise ValueError("No gradients provided for any variable.")
         if not self.built:
-            self.build(variables)
+            with _slots.name_scope(self):
+                self.build(variables)
         _timeline.set_step(self._iteration_count())
         if len(present) < len(variables):
             missing = [v.path for g, v in zip(grads, variables) if g is None]

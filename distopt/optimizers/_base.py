@@ -128,7 +128,8 @@ class Optimizer(
     def learning_rate(self, value):
         if isinstance(value, LearningRateSchedule) or callable(value):
             if isinstance(self._learning_rate, Variable):
-                self._variables.remove(self._learning_rate)
+                # By identity: `==` on variables compares values.
+                self._variables = [v for v in self._variables if v is not self._learning_rate]
             self._learning_rate = value
             return
         if isinstance(self._learning_rate, LearningRateSchedule):
@@ -145,9 +146,13 @@ class Optimizer(
             )
         self._learning_rate.assign(value)
 
-    def _learning_rate_value(self) -> float:
+    def _learning_rate_value(self):
+        """This step's learning rate in its own dtype, as Keras passes it to `update_step`:
+        a numpy scalar (float32 for the variable) or a Python float from a callable."""
         lr = self.learning_rate
-        return float(np.asarray(lr.value if isinstance(lr, Variable) else lr))
+        if isinstance(lr, Variable):
+            return lr.value[()]
+        return lr if isinstance(lr, float) else np.asarray(lr)[()]
 
     # -- variables ----------------------------------------------------------------------------
     def _track(self, variable: Variable) -> Variable:

@@ -2,9 +2,51 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from distopt._variable import Variable, _VariableCreationHook
+
+_scopes = threading.local()
+
+
+def _stack() -> list:
+    stack = getattr(_scopes, "stack", None)
+    if stack is None:
+        stack = _scopes.stack = []
+    return stack
+
+
+class name_scope:
+    """Keras's optimizer name scope: variables created inside get `{optimizer.name}/` (and
+    any enclosing optimizer's name) before their name. `apply` builds inside it; a direct
+    `build()` does not, so state made outside `add_variable` keeps a bare path, as Keras."""
+
+    def __init__(self, optimizer):
+        self._optimizer = optimizer
+        self._pushed = False
+
+    def __enter__(self):
+        stack = _stack()
+        if not stack or stack[-1] is not self._optimizer:
+            stack.append(self._optimizer)
+            self._pushed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._pushed:
+            _stack().pop()
+        return False
+
+
+def scoped_path(name: str, optimizer=None) -> str:
+    """`name` under the current name scopes, and under `optimizer`'s if not innermost."""
+    stack = _stack()
+    names = [o.name for o in stack]
+    if optimizer is not None and (not stack or stack[-1] is not optimizer):
+        names.append(optimizer.name)
+    return "/".join([*names, name])
 
 
 def _internal_variable(value, name, path, dtype) -> Variable:
@@ -42,7 +84,7 @@ class SlotsMixin:
         name = name or "variable"
         dt = np.dtype(dtype or "float32")
         value = _initial_value(initializer, tuple(shape), dt)
-        return self._track(_internal_variable(value, name, f"{self.name}/{name}", dt))
+        return self._track(_internal_variable(value, name, scoped_path(name, self), dt))
 
     def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
         """A tracked variable shaped like `reference_variable`, named `{path}_{name}`."""
@@ -60,7 +102,7 @@ class SlotsMixin:
     def _track_like(self, ref, name, value):
         # Keras's name for state of `ref`: `{path}_{name}`.
         full = f"{ref.path.replace('/', '_')}_{name or 'var'}"
-        return self._track(_internal_variable(value, full, f"{self.name}/{full}", ref.dtype))
+        return self._track(_internal_variable(value, full, scoped_path(full, self), ref.dtype))
 
     def _state_size(self, variable) -> int:
         """Elements of state kept for `variable` (balances per-tensor ZeRO-1 across ranks)."""
@@ -95,7 +137,7 @@ class SlotsMixin:
                     result[k].append(None)
                     continue
                 full = f"{var.path.replace('/', '_')}_{n}"
-                slot = self._track(_internal_variable(0, full, f"{self.name}/{full}", var.dtype))
+                slot = self._track(_internal_variable(0, full, scoped_path(full, self), var.dtype))
                 arena = self._slot_arenas.get(n, {}).get(var.dtype)
                 view = layout.view(arena, i) if arena is not None else np.empty_like(var.value)
                 if callable(init):

@@ -32,9 +32,9 @@ class Adadelta(Optimizer):
         if self.built:
             return
         super().build(variables)
-        self._accumulated_grads = self.add_optimizer_variables(variables, "accumulated_grad")
-        self._accumulated_delta_vars = self.add_optimizer_variables(
-            variables, "accumulated_delta_var"
+        # One call: Keras interleaves the two slots per variable.
+        self._accumulated_grads, self._accumulated_delta_vars = self.add_optimizer_variables(
+            variables, ["accumulated_grad", "accumulated_delta_var"]
         )
 
     def _coefficients(self, lr, dtype):

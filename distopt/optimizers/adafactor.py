@@ -6,6 +6,7 @@ import numpy as np
 
 from distopt.optimizers._base import Optimizer, _internal_variable
 from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._slots import scoped_path
 
 
 def _rms(x: np.ndarray):
@@ -51,9 +52,10 @@ class Adafactor(Optimizer):
         self._r, self._c, self._v = [], [], []
         for var in variables:
             if var.ndim < 2:
-                # Keras's placeholders live outside the optimizer's name scope.
+                # Keras's placeholders are made outside `add_variable`: only an enclosing
+                # name scope (`apply` builds in the optimizer's) prefixes their path.
                 for factors in (self._r, self._c):
-                    dummy = _internal_variable(0, var.name, var.name, "int32")
+                    dummy = _internal_variable(0, var.name, scoped_path(var.name), "int32")
                     factors.append(self._track(dummy))
             elif var.overwrite_with_gradient:
                 self._r.append(None)

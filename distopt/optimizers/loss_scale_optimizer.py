@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt._variable import Variable
+from distopt.optimizers import _slots
 from distopt.optimizers._base import Optimizer
 from distopt.optimizers._unscaling import (
     Unscaler,
@@ -192,7 +193,8 @@ class LossScaleOptimizer(Optimizer):
         if all(g is None for g in grads):
             raise ValueError("No gradients provided for any variable.")
         if not self.built:
-            self.build(variables)
+            with _slots.name_scope(self):
+                self.build(variables)
         return grads, strategy
 
     def _steady_unscaler(self, grads, variables):

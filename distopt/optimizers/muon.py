@@ -106,9 +106,8 @@ class Muon(Optimizer):
         m = self.momentums[i].value
         v = self.adam_velocities[i]
         if v is not None:
-            self._adamw_update_step(
-                g, variable.value, learning_rate * self.adam_lr_ratio, m, v.value
-            )
+            lr = _scaled_learning_rate(learning_rate, self.adam_lr_ratio)
+            self._adamw_update_step(g, variable.value, lr, m, v.value)
         else:
             self._muon_update_step(g, variable.value, learning_rate, m)
 
@@ -191,6 +190,18 @@ class Muon(Optimizer):
             "adam_weight_decay": self.adam_weight_decay,
             "rms_rate": self.rms_rate,
         }
+
+
+def _scaled_learning_rate(learning_rate, ratio):
+    """`learning_rate * ratio` as Keras forms it: in the learning rate's own dtype (float32
+    for the optimizer's variable, then cast to the model variable's), Python maths for a
+    Python number."""
+    if isinstance(learning_rate, Variable):
+        learning_rate = learning_rate.value[()]
+    if isinstance(learning_rate, (np.ndarray, np.generic)) and learning_rate.dtype.kind == "f":
+        c = learning_rate.dtype.type
+        return c(c(learning_rate) * c(ratio))
+    return learning_rate * ratio
 
 
 def _is_real(x) -> bool:

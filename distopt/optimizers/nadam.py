@@ -7,6 +7,7 @@ import numpy as np
 from distopt import _naming
 from distopt.optimizers._base import Optimizer, _internal_variable
 from distopt.optimizers._moments import bias_correction, check_moment_arguments
+from distopt.optimizers._slots import scoped_path
 
 
 def _nadam_kernel(
@@ -47,9 +48,10 @@ class Nadam(Optimizer):
         self._momentums, self._velocities = self.add_optimizer_variables(
             variables, ["momentum", "velocity"]
         )
-        # Keras creates the running product outside the optimizer's name scope, last.
+        # Keras makes the running product last, outside `add_variable`, auto-named: only an
+        # enclosing name scope (`apply` builds in the optimizer's) prefixes its path.
         name = _naming.uniquify("variable")
-        self._u_product = self._track(_internal_variable(1.0, name, name, dtype))
+        self._u_product = self._track(_internal_variable(1.0, name, scoped_path(name), dtype))
 
     def _prepare_step(self, lr):
         u_product = self._u_product.value

@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+from distopt._variable import Variable
+
 
 class LearningRateSchedule:
     """A serializable learning-rate schedule: `schedule(step)` returns the learning rate.
@@ -33,8 +35,9 @@ class LearningRateSchedule:
 
 def compute_dtype(initial_learning_rate) -> np.dtype:
     """Keras computes in the dtype of `initial_learning_rate`: float32 for a Python number,
-    the numpy dtype for a numpy float (e.g. `np.float64(0.1)` computes in float64)."""
-    if isinstance(initial_learning_rate, (np.floating, np.ndarray)):
+    the numpy dtype for a numpy float (e.g. `np.float64(0.1)` computes in float64) and a
+    float Variable's dtype."""
+    if isinstance(initial_learning_rate, (np.floating, np.ndarray, Variable)):
         dtype = np.asarray(initial_learning_rate).dtype
         if dtype.kind == "f":
             return dtype
@@ -50,6 +53,24 @@ def as_step(step, dtype) -> np.ndarray:
             f"Variable). Received: step={step!r}"
         )
     return arr.astype(dtype)[()]
+
+
+def check_initial_learning_rate(value) -> None:
+    """A number, or (as Keras) a scalar Variable or 0-d array, read at every call."""
+    if isinstance(value, (Variable, np.ndarray)):
+        if value.shape != () or value.dtype.kind not in "fiu":
+            raise ValueError(
+                "Argument `initial_learning_rate` must be a number, a scalar Variable or a 0-d "
+                f"numeric array. Received: a {type(value).__name__} of shape {value.shape} "
+                f"and dtype {value.dtype}"
+            )
+        return
+    check_number("initial_learning_rate", value)
+
+
+def initial_value(initial_learning_rate, c):
+    """The current initial learning rate (a Variable's value now) as scalar type `c`."""
+    return c(np.asarray(initial_learning_rate))
 
 
 def check_number(name: str, value, allow_none: bool = False) -> None:

@@ -14,9 +14,11 @@ import numpy as np
 from distopt.optimizers.schedules._base import (
     LearningRateSchedule,
     as_step,
+    check_initial_learning_rate,
     check_number,
     check_positive_steps,
     compute_dtype,
+    initial_value,
 )
 
 
@@ -32,7 +34,7 @@ class CosineDecay(LearningRateSchedule):
         self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay",
         warmup_target=None, warmup_steps=0,
     ):  # fmt: skip
-        check_number("initial_learning_rate", initial_learning_rate)
+        check_initial_learning_rate(initial_learning_rate)
         check_positive_steps("decay_steps", decay_steps)
         check_number("alpha", alpha)
         check_number("warmup_target", warmup_target, allow_none=True)
@@ -55,7 +57,7 @@ class CosineDecay(LearningRateSchedule):
     def __call__(self, step):
         dtype = compute_dtype(self.initial_learning_rate)
         c = dtype.type
-        lr0 = c(self.initial_learning_rate)
+        lr0 = initial_value(self.initial_learning_rate, c)
         decay_steps = c(self.decay_steps)
         s = as_step(step, dtype)
         if self.warmup_target is None:
@@ -85,7 +87,7 @@ class CosineDecayRestarts(LearningRateSchedule):
         self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0,
         name="SGDRDecay",
     ):  # fmt: skip
-        check_number("initial_learning_rate", initial_learning_rate)
+        check_initial_learning_rate(initial_learning_rate)
         check_positive_steps("first_decay_steps", first_decay_steps)
         check_number("t_mul", t_mul)
         check_number("m_mul", m_mul)
@@ -112,7 +114,7 @@ class CosineDecayRestarts(LearningRateSchedule):
             periods_done = (c(1) - np.power(t_mul, restart)) / (c(1) - t_mul)
             fraction = (fraction - periods_done) / np.power(t_mul, restart)
         decayed = np.power(c(self._m_mul), restart) * _cosine(fraction, c)
-        return c(self.initial_learning_rate) * ((c(1) - alpha) * decayed + alpha)
+        return initial_value(self.initial_learning_rate, c) * ((c(1) - alpha) * decayed + alpha)
 
     def get_config(self):
         return {

@@ -11,9 +11,11 @@ import numpy as np
 from distopt.optimizers.schedules._base import (
     LearningRateSchedule,
     as_step,
+    check_initial_learning_rate,
     check_number,
     check_positive_steps,
     compute_dtype,
+    initial_value,
 )
 
 
@@ -22,7 +24,7 @@ class _RateDecay(LearningRateSchedule):
     the decay progress `step / decay_steps` (floored if `staircase`)."""
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
-        check_number("initial_learning_rate", initial_learning_rate)
+        check_initial_learning_rate(initial_learning_rate)
         check_positive_steps("decay_steps", decay_steps)
         check_number("decay_rate", decay_rate)
         self.initial_learning_rate = initial_learning_rate
@@ -59,7 +61,7 @@ class ExponentialDecay(_RateDecay):
 
     def __call__(self, step):
         p, c = self._progress(step)
-        return c(self.initial_learning_rate) * np.power(c(self.decay_rate), p)
+        return initial_value(self.initial_learning_rate, c) * np.power(c(self.decay_rate), p)
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -110,7 +112,7 @@ class PolynomialDecay(LearningRateSchedule):
         self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0,
         cycle=False, name="PolynomialDecay",
     ):  # fmt: skip
-        check_number("initial_learning_rate", initial_learning_rate)
+        check_initial_learning_rate(initial_learning_rate)
         check_positive_steps("decay_steps", decay_steps)
         check_number("end_learning_rate", end_learning_rate)
         check_number("power", power)
@@ -124,7 +126,7 @@ class PolynomialDecay(LearningRateSchedule):
     def __call__(self, step):
         dtype = compute_dtype(self.initial_learning_rate)
         c = dtype.type
-        lr0, end = c(self.initial_learning_rate), c(self.end_learning_rate)
+        lr0, end = initial_value(self.initial_learning_rate, c), c(self.end_learning_rate)
         s = as_step(step, dtype)
         horizon = c(self.decay_steps)
         if self.cycle:
@@ -158,4 +160,4 @@ class InverseTimeDecay(_RateDecay):
 
     def __call__(self, step):
         p, c = self._progress(step)
-        return c(self.initial_learning_rate) / (c(1) + c(self.decay_rate) * p)
+        return initial_value(self.initial_learning_rate, c) / (c(1) + c(self.decay_rate) * p)
