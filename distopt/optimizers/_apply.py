@@ -160,9 +160,9 @@ class ApplyMixin:
         present = [(g, v) for g, v in zip(grads, variables) if g is not None]
         if not present:
             raise ValueError("No gradients provided for any variable.")
+        _timeline.set_step(self._iteration_count())  # may raise (DISTOPT_TIMELINE): first
         if not self.built:
             self.build(variables)
-        _timeline.set_step(self._iteration_count())
         if len(present) < len(variables):
             missing = [v.path for g, v in zip(grads, variables) if g is None]
             warnings.warn(

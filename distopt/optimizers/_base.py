@@ -10,9 +10,29 @@ from distopt import _naming
 from distopt._variable import Variable
 from distopt.distribute import _context
 from distopt.optimizers import _apply, _arena, _engine, _slots, _state, _transforms
+from distopt.optimizers._hyperparameters import describe
 from distopt.optimizers._slots import _internal_variable
 from distopt.optimizers._validation import variable_list
 from distopt.optimizers.schedules import LearningRateSchedule
+
+
+def _check_finite_learning_rate(value) -> np.ndarray:
+    """`value` as the float32 the learning-rate variable holds, or a ValueError (NaN, inf,
+    beyond float32 range, or not a real scalar)."""
+    arr = None
+    if not isinstance(value, (bool, np.bool_, str, bytes)):
+        try:
+            with np.errstate(over="ignore"):
+                arr = np.asarray(value, dtype=np.float64).astype(np.float32)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if arr is None or arr.shape != () or not np.isfinite(arr):
+        raise ValueError(
+            "Argument `learning_rate` must be a finite float (within float32 range), a "
+            "LearningRateSchedule or a callable. "
+            f"Received: learning_rate={describe(value)}"
+        )
+    return arr
 
 
 class Optimizer(
@@ -108,10 +128,7 @@ class Optimizer(
                 "and returns the corresponding learning rate value). "
                 f"Received instead: learning_rate={learning_rate}"
             )
-        if not np.isfinite(learning_rate):
-            raise ValueError(
-                f"Argument `learning_rate` must be finite. Received: learning_rate={learning_rate}"
-            )
+        _check_finite_learning_rate(learning_rate)
         path = f"{self.name}/learning_rate"
         return self._track(_internal_variable(learning_rate, "learning_rate", path, "float32"))
 
@@ -143,7 +160,7 @@ class Optimizer(
                 "This optimizer was created with a callable `learning_rate`; set another "
                 f"callable or schedule instead of a value. Received: {value!r}"
             )
-        self._learning_rate.assign(value)
+        self._learning_rate.assign(_check_finite_learning_rate(value))
 
     def _learning_rate_value(self) -> float:
         lr = self.learning_rate

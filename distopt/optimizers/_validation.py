@@ -173,9 +173,18 @@ def list_facts(cache: dict, variables: list[Variable], known: dict) -> ListFacts
 
 
 def variable_list(variables) -> list[Variable]:
-    """`variables` as a list, or a TypeError naming the first that is not a Variable."""
+    """`variables` as a list, or a TypeError naming the first that is not a Variable, or a
+    ValueError naming the first that is not floating-point (as in Keras, whose backends
+    differentiate floating-point variables only: an integer or bool one has no gradient)."""
     variables = list(variables)
     for v in variables:
         if not isinstance(v, Variable):
             raise TypeError(f"`build` takes distopt.Variable objects. Received: {v!r}")
+    for v in variables:
+        if v.dtype.kind != "f":
+            raise ValueError(
+                f"Variable `{v.path}` has dtype {v.dtype}, but optimizers update floating-point "
+                "variables only (gradients exist only for those). Create it with a float dtype, "
+                "or leave it out of the variables passed to the optimizer."
+            )
     return variables

@@ -228,6 +228,12 @@ class LossScaleOptimizer(Optimizer):
         from distopt.optimizers._registry import deserialize
 
         config = dict(config)
+        if "inner_optimizer" not in config:
+            raise ValueError(
+                "A LossScaleOptimizer config must hold `inner_optimizer` (the wrapped "
+                "optimizer, serialized as `get_config()` returns it). "
+                f"Received keys: {sorted(map(str, config))}"
+            )
         inner = config.pop("inner_optimizer")
         if isinstance(inner, dict):
             inner = deserialize(inner, custom_objects=custom_objects)

@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+from distopt.optimizers._hyperparameters import _finite, describe
+
 
 class LearningRateSchedule:
     """A serializable learning-rate schedule: `schedule(step)` returns the learning rate.
@@ -52,11 +54,17 @@ def as_step(step, dtype) -> np.ndarray:
     return arr.astype(dtype)[()]
 
 
-def check_number(name: str, value, allow_none: bool = False) -> None:
+def check_number(name: str, value, allow_none: bool = False, low=None) -> None:
+    """A finite real number (not a bool), >= `low` when given; NaN and inf would only ever
+    give a NaN or infinite learning rate."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"Argument `{name}` must be a number. Received: {name}={value!r}")
+        raise ValueError(f"Argument `{name}` must be a number. Received: {name}={describe(value)}")
+    if not _finite(name, value):
+        raise ValueError(f"Argument `{name}` must be a finite number. Received: {name}={value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"Argument `{name}` must be >= {low}. Received: {name}={value!r}")
 
 
 def check_positive_steps(name: str, value) -> None:
