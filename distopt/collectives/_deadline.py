@@ -29,7 +29,7 @@ DEADLINE_EXIT_CODE = 124
 OPERATIONS = (
     "collective", "gradient aggregation", "reduce", "all_reduce", "broadcast",
     "variable broadcast", "dataset step agreement", "gradient buffers", "parameter all-gather",
-    "MPIStrategy creation", "strategy close",
+    "MPIStrategy creation", "strategy close", "optimizer hyperparameters",
 )  # fmt: skip
 _CREATION = OPERATIONS.index("MPIStrategy creation")
 _STATE, _EXIT = 1, 2
@@ -89,6 +89,10 @@ class Monitor:
     def enter_creation(self) -> None:
         """Starts the strategy's creation: collective #0, which the numbering does not count."""
         self.current = (0, _CREATION, 0, time.monotonic())
+
+    def enter_unnumbered(self, op: int) -> None:
+        """Starts a collective that the numbering does not count (part of building something)."""
+        self.current = (self.seq, op, self.step, time.monotonic())
 
     def leave(self) -> None:
         cur = self.current

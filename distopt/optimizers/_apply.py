@@ -25,6 +25,23 @@ from distopt.optimizers._validation import (
 )
 
 _bound_strategy = operator.attrgetter("_strategy")
+
+
+class _Skipped:
+    """`aggregate` when the caller asked to skip aggregation: false, yet under a strategy
+    of several ranks they still check, where the reduction would be, that all of them skip
+    (one rank skipping alone would mix gradients of different steps)."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+SKIPPED = _Skipped()
 _CROSS_REPLICA_MESSAGE = (
     "`apply_gradients()` cannot be called in cross-replica context. Use `Strategy.run` to "
     "enter replica context. For more information, please see the docstring of "
@@ -85,7 +102,7 @@ class ApplyMixin:
                 "takes `name`, `skip_gradients_aggregation` and the legacy "
                 "`experimental_aggregate_gradients`."
             )
-        return not skip and bool(legacy)
+        return True if not skip and bool(legacy) else SKIPPED
 
     @staticmethod
     def _require_replica_context():
@@ -184,6 +201,8 @@ class ApplyMixin:
         ndarray of its variable's dtype already (the default strategy's reduction is then
         the identity); `constrained=False`: no variable has a constraint."""
         reduce = strategy._reduce_gradients if aggregate else None
+        if aggregate is SKIPPED and not strategy._is_default:
+            reduce = strategy._skip_reduction
         if self.gradient_accumulation_steps:
             self._accumulate_and_update(grads, variables, reduce)
         else:
@@ -196,7 +215,7 @@ class ApplyMixin:
             else:
                 grads = self._unscale(grads)
             self._update(grads, variables)
-        if reduce is not None:
+        if aggregate:
             strategy._release_gradients()  # the reduced buffers may be written again
         if self.use_ema:
             self._update_moving_averages()

@@ -199,6 +199,7 @@ class Optimizer(
         if self.built:
             return
         variables = variable_list(variables)
+        self._agree_on_config()
         sharding = _arena.sharding_for(self)
         self._trainable_variables = variables
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
@@ -216,6 +217,17 @@ class Optimizer(
                 self.add_variable_from_reference(v, "gradient_accumulator") for v in variables
             ]
         self.built = True
+
+    def _agree_on_config(self) -> None:
+        """Under a strategy of several ranks, checks once that every rank built this
+        optimizer with the same config (raises `CollectiveMismatchError` on every rank,
+        naming the keys that differ). Collective: call on all ranks, in the same order."""
+        if self.__dict__.get("_config_agreed"):
+            return
+        strategy = self._strategy if self._strategy is not None else _context.get_strategy()
+        if not strategy._is_default:
+            strategy._agree_on_config({"class_name": type(self).__name__, **self.get_config()})
+        self._config_agreed = True
 
     # -- the update, written by subclasses ----------------------------------------------------
     def _prepare_step(self, lr) -> None:

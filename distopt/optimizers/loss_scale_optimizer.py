@@ -99,6 +99,7 @@ class LossScaleOptimizer(Optimizer):
         if self.built:
             return
         variables = variable_list(variables)
+        self._agree_on_config()  # before any variable is made
         self.step_counter = self.add_variable((), "zeros", dtype="int32", name="step_counter")
         self.dynamic_scale = self.add_variable(
             (), self.initial_scale, dtype="float32", name="dynamic_scale"
