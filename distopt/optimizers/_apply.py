@@ -20,6 +20,7 @@ from distopt.optimizers import _arena, _engine
 from distopt.optimizers._validation import (
     check_gradients,
     list_facts,
+    snapshot_aliases,
     steady_gradients,
     unzip_pairs,
 )
@@ -249,10 +250,14 @@ class ApplyMixin:
     def _update(self, grads, variables):
         """Clip, weight decay, then the update step of every pair (one real update)."""
         with _timeline.span("update"):
+            if self._kernel is None:  # variable by variable: none may read an updated one
+                grads = snapshot_aliases(grads, variables)
             grads = self._clip_gradients(grads)
             lr = self._learning_rate_value()
             fused = self._decay_in_kernel(variables)
             rest = [v for v in variables if v.dtype not in fused] if fused else variables
+            if self.weight_decay is not None and rest and self._kernel is not None:
+                grads = snapshot_aliases(grads, variables)  # decay writes before the kernel
             self._apply_weight_decay(rest, lr)
             self._update_all(grads, variables, lr, fused)
 
@@ -276,8 +281,9 @@ class ApplyMixin:
                         f"variables `{self.name}` was built with, in the same order, with a "
                         "gradient for each."
                     )
-                for k in in_step:
-                    self.update_step(grads[k], variables[k], lr)
+                snapshot = snapshot_aliases([grads[k] for k in in_step], variables)
+                for k, g in zip(in_step, snapshot):
+                    self.update_step(g, variables[k], lr)
                 continue
             dt_grads = grads if len(in_step) == len(grads) else [grads[k] for k in in_step]
             flat_g = _arena.flat_span(dt_grads)

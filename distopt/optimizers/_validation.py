@@ -188,3 +188,24 @@ def variable_list(variables) -> list[Variable]:
                 "or leave it out of the variables passed to the optimizer."
             )
     return variables
+
+
+def _root(array):
+    """The object that owns `array`'s memory (the end of its chain of `.base`)."""
+    while getattr(array, "base", None) is not None:
+        array = array.base
+    return array
+
+
+def snapshot_aliases(grads: list, variables) -> list:
+    """`grads`, with a copy of each gradient whose memory belongs to the same buffer as one of
+    `variables` (e.g. a view of another variable): updates that go variable by variable then
+    read every gradient as it was passed, whatever the order, as one fused pass does."""
+    roots = {id(_root(v._value)) for v in variables}
+    out = None
+    for k, g in enumerate(grads):
+        if g is not None and id(_root(g)) in roots:
+            if out is None:
+                out = list(grads)
+            out[k] = np.array(g)
+    return grads if out is None else out
