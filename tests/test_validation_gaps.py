@@ -3,6 +3,7 @@ ValueError naming the argument, the value received and what is expected, and cha
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -299,3 +300,42 @@ def test_deadline_message_when_every_rank_arrived():
         strategy.close()
     assert "did not arrive:\n    none: every rank reached this collective" in text
     assert "the deadline (5 s) is shorter than the collective takes: raise it." in text
+
+
+# -- every numeric argument, swept ------------------------------------------------------------
+_CLASSES = [SGD, Adam, AdamW, RMSprop, Adagrad, Ftrl, Adafactor, Muon, ScheduleFreeAdamW,
+            distopt.optimizers.Adadelta, distopt.optimizers.Adamax, distopt.optimizers.Nadam,
+            distopt.optimizers.Lion, distopt.optimizers.Lamb]  # fmt: skip
+_BASE_NUMBERS = ["learning_rate", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm",
+                 "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
+                 "gradient_accumulation_steps"]  # fmt: skip
+# Integers that may be huge without harm (a frequency or a count that is never reached, or
+# a loop count): only NaN is wrong for them.
+_HUGE_OK = {"ema_overwrite_frequency", "ns_steps", "dynamic_growth_steps"}
+
+
+def _numeric_arguments() -> list:
+    out = []
+    for cls in _CLASSES:
+        own = [
+            p.name
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
+        ]
+        out += [(cls, arg) for arg in dict.fromkeys(own + _BASE_NUMBERS)]
+    out += [(LossScaleOptimizer, "initial_scale"), (LossScaleOptimizer, "dynamic_growth_steps")]
+    return [
+        pytest.param(cls, arg, bad, id=f"{cls.__name__}-{arg}-{label}")
+        for cls, arg in out
+        for label, bad in (("nan", math.nan), ("huge", BIG), ("-huge", -BIG))
+        if label == "nan" or arg not in _HUGE_OK
+    ]
+
+
+@pytest.mark.parametrize("cls, arg, bad", _numeric_arguments())
+def test_every_numeric_argument_rejects_nan_and_huge(cls, arg, bad):
+    kwargs = {arg: bad, **({"use_ema": True} if arg.startswith("ema_") else {})}
+    make = (lambda **k: cls(SGD(), **k)) if cls is LossScaleOptimizer else cls
+    with pytest.raises(ValueError, match=f"`{arg}`") as info:
+        make(**kwargs)
+    assert len(str(info.value)) < 400

@@ -126,7 +126,7 @@ class Optimizer(
                 "Argument `learning_rate` should be float, or an instance of "
                 "LearningRateSchedule, or a callable (that takes in the current iteration value "
                 "and returns the corresponding learning rate value). "
-                f"Received instead: learning_rate={learning_rate}"
+                f"Received instead: learning_rate={describe(learning_rate)}"
             )
         _check_finite_learning_rate(learning_rate)
         path = f"{self.name}/learning_rate"

@@ -44,11 +44,22 @@ def check_float(name: str, value, low=None, high=None, low_open=False) -> None:
         raise ValueError(f"Argument `{name}` must be a float {what}. Received: {name}={value}")
 
 
-def check_int(name: str, value, low: int) -> None:
-    """An int (not a bool) >= `low`."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+# Step counts beyond what the int32 `iterations` counter can reach mean nothing.
+MAX_STEPS = 2**31 - 1
+
+
+def check_int(name: str, value, low: int, high: int | None = None) -> None:
+    """An int (not a bool) >= `low` (and <= `high` when given)."""
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        most = "" if high is None else f" and <= {high}"
         raise ValueError(
-            f"Argument `{name}` must be an integer >= {low}. Received: {name}={describe(value)}"
+            f"Argument `{name}` must be an integer >= {low}{most}. "
+            f"Received: {name}={describe(value)}"
         )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from distopt._variable import Variable
 from distopt.optimizers._base import Optimizer
+from distopt.optimizers._hyperparameters import describe
 from distopt.optimizers._unscaling import (
     Unscaler,
     all_finite,
@@ -14,6 +15,7 @@ from distopt.optimizers._unscaling import (
 )
 from distopt.optimizers._validation import check_gradients, variable_list
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Old configs carried the base keys; Keras accepts them only at these defaults.
 _BASE_DEFAULTS = {
     "weight_decay": None,
@@ -71,12 +73,11 @@ class LossScaleOptimizer(Optimizer):
         if (
             not isinstance(initial_scale, (int, float, np.integer, np.floating))
             or isinstance(initial_scale, bool)
-            or not np.isfinite(initial_scale)
-            or initial_scale <= 0
+            or not 0 < initial_scale <= _FLOAT32_MAX  # a huge int compares without overflow
         ):
             raise ValueError(
-                "Argument `initial_scale` must be a finite number > 0. "
-                f"Received: initial_scale={initial_scale!r}"
+                "Argument `initial_scale` must be a finite number > 0 (the scale is a float32). "
+                f"Received: initial_scale={describe(initial_scale)}"
             )
         if (
             not isinstance(dynamic_growth_steps, (int, np.integer))
@@ -85,7 +86,7 @@ class LossScaleOptimizer(Optimizer):
         ):
             raise ValueError(
                 "Argument `dynamic_growth_steps` must be an integer >= 1. "
-                f"Received: dynamic_growth_steps={dynamic_growth_steps!r}"
+                f"Received: dynamic_growth_steps={describe(dynamic_growth_steps)}"
             )
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
