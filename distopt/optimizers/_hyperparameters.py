@@ -56,9 +56,9 @@ def check_int(name: str, value, low: int, high: int | None = None) -> None:
         or value < low
         or (high is not None and value > high)
     ):
-        most = "" if high is None else f" and <= {high}"
+        most = "" if high is None else f" It may be at most {high}."
         raise ValueError(
-            f"Argument `{name}` must be an integer >= {low}{most}. "
+            f"Argument `{name}` must be an integer >= {low}.{most} "
             f"Received: {name}={describe(value)}"
         )
 

@@ -76,7 +76,7 @@ class LossScaleOptimizer(Optimizer):
             or not 0 < initial_scale <= _FLOAT32_MAX  # a huge int compares without overflow
         ):
             raise ValueError(
-                "Argument `initial_scale` must be a finite number > 0 (the scale is a float32). "
+                "Argument `initial_scale` must be a finite number > 0. It is held as a float32. "
                 f"Received: initial_scale={describe(initial_scale)}"
             )
         if (
