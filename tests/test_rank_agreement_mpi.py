@@ -132,3 +132,22 @@ def test_skipping_on_every_rank_applies_local_gradients(world):
         strategy.run(lambda g=g, kwargs=kwargs: opt.apply_gradients([(g, w)], **kwargs))
     np.testing.assert_array_equal(w.numpy(), -np.full(2, 2.0 * (rank + 1)))
     still_aligned(strategy, size)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("finite", [True, False])
+def test_loss_scale_optimizer_skipping_on_one_rank(world, finite):
+    strategy, rank, size = world
+    with strategy.scope():
+        w = distopt.Variable(np.zeros(2), name="w")
+        opt = LossScaleOptimizer(SGD(learning_rate=1.0))
+    g = np.ones(2) if finite or rank != 1 else np.array([np.inf, 1.0])
+    strategy.run(lambda: opt.apply_gradients([(np.ones(2), w)]))  # built on every rank
+    before, scale = w.numpy(), float(opt.dynamic_scale.numpy())
+    text = raises_quickly(
+        strategy, lambda: opt.apply_gradients([(g, w)], skip_gradients_aggregation=rank == 1)
+    )
+    assert "rank 1: skip_gradients_aggregation=True" in text
+    np.testing.assert_array_equal(w.numpy(), before)
+    assert float(opt.dynamic_scale.numpy()) == scale
+    still_aligned(strategy, size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt._variable import Variable
+from distopt.optimizers._apply import SKIPPED
 from distopt.optimizers._base import Optimizer
 from distopt.optimizers._hyperparameters import describe
 from distopt.optimizers._unscaling import (
@@ -143,6 +144,10 @@ class LossScaleOptimizer(Optimizer):
             strategy = self._steady_strategy(facts, variables)
             inner._steady_strategy(facts, variables)
         inner_aggregate, finite = aggregate, None
+        if aggregate is SKIPPED and strategy.num_replicas_in_sync > 1:
+            # Agreed here, before a non-finite step could return without reaching the inner.
+            strategy._agree_on_skip(variables)
+            inner_aggregate = False
         if aggregate and strategy.num_replicas_in_sync > 1:
             if inner.gradient_accumulation_steps:
                 # The inner optimizer reduces only on its update calls: agree on a flag.
