@@ -12,6 +12,7 @@ aborts at its next tick, naming it, instead of waiting for the deadline.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import threading
 import time
@@ -21,6 +22,9 @@ import numpy as np
 from distopt._stderr import write_uncaptured
 
 DEFAULT_TIMEOUT = 600.0
+# The watchdog looks at most every 50 ms: a shorter deadline would abort collectives that
+# every rank reached, only because they take more than no time.
+MIN_TIMEOUT = 0.1
 TIMEOUT_ENV = "DISTOPT_COLLECTIVE_TIMEOUT"
 # Distinct from 124 (GNU `timeout`'s "I killed it") and from 128+N (killed by signal N).
 DEADLINE_EXIT_CODE = 86  # a collective overran its deadline: some rank is alive but stuck
@@ -28,7 +32,7 @@ DEPARTED_EXIT_CODE = 87  # a rank exited while others waited for it in a collect
 OPERATIONS = (
     "collective", "gradient aggregation", "reduce", "all_reduce", "broadcast",
     "variable broadcast", "dataset step agreement", "gradient buffers", "parameter all-gather",
-    "MPIStrategy creation", "strategy close",
+    "MPIStrategy creation", "strategy close", "optimizer hyperparameters",
 )  # fmt: skip
 _CREATION = OPERATIONS.index("MPIStrategy creation")
 _STATE, _EXIT = 1, 2
@@ -61,13 +65,17 @@ def resolve_timeout(value) -> float:
         except ValueError:
             value = None
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not value > 0:
+    try:
+        seconds = float(value) if ok else math.nan
+    except OverflowError:  # an int beyond float range: no deadline, as math.inf
+        seconds = math.inf
+    if not seconds >= MIN_TIMEOUT:
         raise ValueError(
-            "The collective timeout must be a number of seconds > 0 (math.inf disables the "
-            f"deadline); set it with MPIStrategy(collective_timeout=...) or {TIMEOUT_ENV}. "
-            f"Received: {what}"
+            f"The collective timeout must be a number of seconds >= {MIN_TIMEOUT:g} (math.inf "
+            "disables the deadline); set it with MPIStrategy(collective_timeout=...) or "
+            f"{TIMEOUT_ENV}. Received: {what}"
         )
-    return float(value)
+    return seconds
 
 
 def _op_name(code: int) -> str:
@@ -97,6 +105,10 @@ class Monitor:
     def enter_creation(self) -> None:
         """Starts the strategy's creation: collective #0, which the numbering does not count."""
         self.current = (0, _CREATION, 0, time.monotonic())
+
+    def enter_unnumbered(self, op: int) -> None:
+        """Starts a collective that the numbering does not count (part of building something)."""
+        self.current = (self.seq, op, self.step, time.monotonic())
 
     def leave(self) -> None:
         cur = self.current
@@ -202,6 +214,15 @@ def deadline_message(monitor: Monitor, cur: tuple, replies: dict) -> str:
         + ", ".join(str(r) for r in sorted(arrived)),
         "  did not arrive:",
         *(f"    {m}" for m in missing),
+        *(
+            ()
+            if missing
+            else [
+                "    none: every rank reached this collective, which was still running when the "
+                f"deadline passed; the deadline ({monitor.timeout:g} s) is shorter than the "
+                "collective takes: raise it."
+            ]
+        ),
         f"Aborting the job (MPI_Abort, exit code {DEADLINE_EXIT_CODE}). Every rank must run the "
         "same collectives in the same order (a rank that skips `apply_gradients` or leaves its "
         f"loop early stalls the others). Change the deadline with "

@@ -241,6 +241,26 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         finally:
             safety.end()
 
+    def _skip_reduction(self, grads, variables, scatter=None) -> list[np.ndarray]:
+        """Stands in for `_reduce_gradients` when the caller skips aggregation: the ranks
+        check that every one of them skips (else all raise), and each keeps its own gradients,
+        cast to their variables' dtypes. Collective: call on all ranks, in the same order."""
+        self._agree_on_skip(variables)
+        return [
+            g if (type(g) is np.ndarray and g.dtype == v._value.dtype) else np.asarray(g, v.dtype)
+            for g, v in zip(grads, variables)
+        ]
+
+    def _agree_on_skip(self, variables) -> None:
+        """Raises `CollectiveMismatchError` on every rank unless every rank skips this
+        aggregation. Collective: call on all ranks, in the same order."""
+        self._safety.skip_aggregation(variables)
+
+    def _agree_on_config(self, config: dict) -> None:
+        """Raises `CollectiveMismatchError` on every rank unless all ranks pass equal
+        optimizer configs. Collective: call on all ranks, in the same order."""
+        self._safety.agree_on_config(config)
+
     def _release_gradients(self) -> None:
         """The gradients `_reduce_gradients` returned have been consumed (by every rank).
 
