@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's distopt
 
 from distopt.launch import _shm_cleanup  # noqa: E402
+from distopt.launch._procs import JobWatch  # noqa: E402
 
 REPORTS = ROOT / "reports"
 TEST_TIMEOUT = 120  # seconds per test
@@ -48,14 +49,21 @@ def run(cmd: list[str], env: dict, label: str) -> bool:
     print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
     start = time.monotonic()
     before = _shm_cleanup.snapshot()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    watch = JobWatch(proc.pid, interval=0.1)  # the run's processes and the segments they map
     try:
-        code = subprocess.run(cmd, env=env, timeout=RUN_TIMEOUT, cwd=ROOT).returncode
+        code = proc.wait(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
+        watch.kill_all()  # mpiexec, and the ranks it started in sessions of their own
+        proc.wait()
         print(f"=== {label}: TIMED OUT after {RUN_TIMEOUT} s", flush=True)
         return False
     finally:
-        # The abort tests end MPI jobs on purpose; MPICH leaves their segments behind.
-        files, size = _shm_cleanup.remove_leftovers(before)
+        # The abort tests end MPI jobs on purpose; MPICH leaves their segments behind. Only
+        # this run's are removed: other jobs on the machine may be using theirs.
+        watch.wait_gone(10.0)
+        watch.stop()
+        files, size = _shm_cleanup.remove_leftovers(before, ours=watch.segments)
         if files:
             print(f"=== {label}: removed {files} leftover MPI segments ({size >> 20} MB)")
     print(f"=== {label}: exit {code} in {time.monotonic() - start:.1f} s", flush=True)

@@ -181,3 +181,40 @@ def test_compute_average_loss_gives_the_global_mean_gradient(mpi):
     np.testing.assert_allclose(w.numpy(), reference, rtol=1e-12)
     loss = strategy.run(lambda: compute_average_loss((x[shard] @ w0 - y[shard]) ** 2))
     assert strategy.reduce("SUM", loss) == pytest.approx(np.mean((x @ w0 - y) ** 2), rel=1e-12)
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize("op", ["MIN", "MAX"])
+def test_nan_on_one_rank_reaches_every_rank(mpi, comm_world, dtype, op):
+    """MPI's MIN/MAX compare with `<`: a NaN on one rank used to reach only some ranks."""
+    strategy, rank, size = mpi
+    for holder in range(size):
+        x = np.ones(5, dtype)
+        x[1:3] = [-2.0, 3.0]
+        if rank == holder:
+            x[0] = x[4] = np.nan
+        got = strategy.reduce(op, x)
+        got_ctx = strategy.run(lambda x=x: get_replica_context().all_reduce(ReduceOp[op], x))
+        for result in (got, got_ctx):
+            assert np.isnan(result[[0, 4]]).all(), (holder, result)
+            assert result[1] == -2.0 if op == "MIN" else result[2] == 3.0
+            assert len(set(comm_world.allgather(result.tobytes()))) == 1
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(60)
+def test_overwrite_with_gradient_variables_stay_equal_with_a_nan_gradient(mpi, comm_world):
+    strategy, rank, size = mpi
+    with strategy.scope():
+        v = distopt.Variable(np.zeros(3), overwrite_with_gradient=True)
+        w = distopt.Variable(np.zeros(3))
+        opt = distopt.optimizers.SGD(learning_rate=0.1)
+    grad = np.full(3, float(rank))
+    if rank == size - 1:
+        grad[0] = np.nan
+    strategy.run(lambda: opt.apply_gradients([(grad, v), (np.ones(3), w)]))
+    assert np.isnan(v.numpy()[0])
+    np.testing.assert_array_equal(v.numpy()[1:], [size - 1.0] * 2)
+    assert len(set(comm_world.allgather(v.numpy().tobytes()))) == 1

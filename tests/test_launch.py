@@ -1,15 +1,19 @@
 """distoptrun: argv building, the three program forms, and abort-on-exception."""
 
-import re
+import os
 import shlex
+import signal
+import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from conftest import run_distoptrun
 
-from distopt.launch import _shm_cleanup, build_command
+from distopt.launch import _job, _procs, _shm_cleanup, build_command
 from distopt.launch._cli import _program_argv, find_mpiexec, mpi_vendor
+from distopt.launch._runner import exit_status
 
 RUNNER = ["-m", "distopt.launch._runner"]
 
@@ -79,25 +83,31 @@ def test_runs_each_form(form, tmp_path):
 def test_exception_on_one_rank_ends_the_job(tmp_path):
     script = tmp_path / "boom.py"
     script.write_text(
+        "import sys\n"
         "from mpi4py import MPI\n"
+        "segments = sorted({line.split()[-1] for line in open('/proc/self/maps')\n"
+        "                   if '/dev/shm/' in line and '(deleted)' not in line})\n"
+        "sys.stdout.write(' '.join(['SEGMENTS', *segments]) + '\\n')  # one write: whole lines\n"
         "if MPI.COMM_WORLD.rank == 1:\n"
         "    raise ValueError('boom on rank one')\n"
         "MPI.COMM_WORLD.Barrier()  # the others would wait here forever\n"
     )
     start = time.monotonic()
-    before = _shm_cleanup.snapshot()
     out = run_distoptrun(3, str(script), timeout=60)
+    took = time.monotonic() - start
     report = f"exit {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
     assert out.returncode != 0, report
     assert "ValueError: boom on rank one" in out.stderr, report
     assert "unhandled exception on rank 1" in out.stderr, report
-    assert time.monotonic() - start < 30, report
-    # MPI_Abort leaves MPICH's segment in /dev/shm; distoptrun removes it. Another job on
-    # this machine may hold new segments of its own, but none may be left unused.
-    left = _shm_cleanup.snapshot() - before
-    assert not left - _shm_cleanup._in_use(_shm_cleanup.SHM_DIR), (left, report)
-    if mpi_vendor(find_mpiexec()) == "mpich":
-        assert re.search(r"distoptrun: removed \d+ shared-memory segment", out.stderr), report
+    assert took < 30, report
+    # MPI_Abort leaves the job's segments (those its ranks mapped) in /dev/shm: distoptrun
+    # removes exactly those, whatever other jobs on this machine hold or leave.
+    ours = {s for line in out.stdout.splitlines() if line.startswith("SEGMENTS")
+            for s in line.split()[1:]}  # fmt: skip
+    assert not [s for s in ours if os.path.exists(s)], report
+    if mpi_vendor(find_mpiexec()) == "mpich":  # which keeps its segment file until Finalize
+        assert ours, report
+        assert f"distoptrun: removed {len(ours)} shared-memory segment" in out.stderr, report
 
 
 def test_nonzero_sys_exit_on_one_rank_ends_the_job():
@@ -176,3 +186,166 @@ def test_cleanup_removes_only_new_unused_mpi_segments(tmp_path):
         "mpich_shm_old", "mpich_shm_open", "not_mpi", "unrelated_file"
     ]  # fmt: skip
     assert _shm_cleanup.remove_leftovers(before, tmp_path / "missing") == (0, 0)
+
+
+SIGNAL_JOB = r"""
+import os, signal, sys, time
+from mpi4py import MPI
+
+rank = MPI.COMM_WORLD.rank
+if rank == 1:  # deaf to the signal: only the escalation can end it
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+segments = sorted({line.split()[-1] for line in open("/proc/self/maps") if "/dev/shm/" in line
+                   and "(deleted)" not in line})
+sys.stdout.write(" ".join(["READY", str(rank), str(os.getpid()), *segments]) + "\n")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _start_job(tmp_path, np_, script, *args):
+    """Starts `distoptrun -np N script` with output to a file; returns (process, output
+    file, {rank: (pid, [segment paths])}) once every rank has printed its READY line."""
+    (tmp_path / "job.py").write_text(script)
+    log = tmp_path / "job.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "distopt.launch", "-np", str(np_), str(tmp_path / "job.py")]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*cmd, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+    end = time.monotonic() + 60
+    ready = {}
+    while len(ready) < np_:
+        assert proc.poll() is None and time.monotonic() < end, log.read_text()
+        time.sleep(0.1)
+        for line in log.read_text().splitlines():
+            if line.startswith("READY "):
+                _, rank, pid, *segments = line.split()
+                ready[int(rank)] = (int(pid), segments)
+    return proc, log, ready
+
+
+def _job_processes(root: int) -> dict[int, int]:
+    return {p: _procs.start_time(p) for p in _procs.descendants(root) | {root}}
+
+
+def _alive(processes: dict[int, int]) -> list[int]:
+    return [p for p, t in processes.items() if t is not None and _procs.start_time(p) == t]
+
+
+def _kill(processes: dict[int, int]) -> None:
+    for pid in _alive(processes):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_to_distoptrun_ends_every_process_of_the_job(tmp_path, sig):
+    proc, log, ready = _start_job(tmp_path, 2, SIGNAL_JOB)
+    processes = _job_processes(proc.pid)
+    try:
+        assert {pid for pid, _ in ready.values()} <= set(processes), (processes, ready)
+        start = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+        while _alive(processes) and time.monotonic() - start < 10:
+            time.sleep(0.1)
+        report = f"exit {code}\n{log.read_text()}"
+        assert not _alive(processes), (_alive(processes), report)
+        assert code == 128 + sig, report
+        segments = {s for _, segs in ready.values() for s in segs}
+        assert not [s for s in segments if os.path.exists(s)], report
+    finally:
+        _kill(processes)
+        proc.wait(timeout=30)
+
+
+DEAF_TREE = r"""
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                          "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)"],
+                         start_new_session=True)  # as MPI starts its ranks
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.getpid()} {child.pid}")
+time.sleep(600)
+"""
+
+
+def test_job_escalates_to_sigkill_after_the_grace(tmp_path):
+    """A tree that ignores SIGTERM, in a session of its own like MPI's ranks, is killed once
+    the grace is over; the handlers in place before the run come back."""
+    pids = tmp_path / "pids"
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def send_when_ready():
+        end = time.monotonic() + 60
+        while not pids.exists() or len(pids.read_text().split()) < 2:
+            if time.monotonic() > end:
+                return
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=send_when_ready, daemon=True).start()
+    start = time.monotonic()
+    code = _job.run([sys.executable, "-c", DEAF_TREE, str(pids)], dict(os.environ), grace=1.0)
+    took = time.monotonic() - start
+    tree = [int(p) for p in pids.read_text().split()]
+    assert code == 128 + signal.SIGTERM
+    assert [p for p in tree if _procs.start_time(p) is not None] == []
+    assert took < 60 and signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_exit_status_is_clamped_to_a_failure(tmp_path):
+    assert [exit_status(c) for c in (1, 3, 255, 256, 512, 1000, -1, 0)] == [
+        1, 3, 255, 255, 255, 255, 1, 1
+    ]  # fmt: skip
+    code = (
+        "import sys; from mpi4py import MPI\n"
+        "if MPI.COMM_WORLD.rank == 1: sys.exit(256)\n"
+        "MPI.COMM_WORLD.Barrier()\n"
+    )
+    out = run_distoptrun(2, "python", "-c", code, timeout=60)
+    assert out.returncode == 255, out.stderr
+    assert "rank 1 exited with status 256; aborting the job (exit status 255" in out.stderr
+
+
+OTHER_JOB_SEGMENT = r"""
+import os, sys, time
+from mpi4py import MPI
+
+rank = MPI.COMM_WORLD.rank
+segments = sorted({line.split()[-1] for line in open("/proc/self/maps") if "/dev/shm/" in line
+                   and "(deleted)" not in line})
+sys.stdout.write(" ".join(["READY", str(rank), str(os.getpid()), *segments]) + "\n")
+go = sys.argv[1]
+while not os.path.exists(go):
+    time.sleep(0.05)
+if rank == 1:
+    raise ValueError("boom")
+MPI.COMM_WORLD.Barrier()
+"""
+
+
+def test_cleanup_leaves_other_jobs_segments(tmp_path):
+    """A segment that appears during the job, unused, but that no process of the job ever
+    mapped (another job's, e.g. from a container with its own PID namespace) is kept."""
+    go = tmp_path / "go"
+    proc, log, ready = _start_job(tmp_path, 2, OTHER_JOB_SEGMENT, str(go))
+    processes = _job_processes(proc.pid)
+    other = _shm_cleanup.SHM_DIR / f"mpich_shm_otherjob{os.getpid()}_0"
+    try:
+        other.write_bytes(b"x" * 4096)
+        go.write_text("")
+        code = proc.wait(timeout=60)
+        report = f"exit {code}\n{log.read_text()}"
+        assert code == 1, report
+        assert other.exists(), report
+        ours = {s for _, segs in ready.values() for s in segs}
+        assert ours and not [s for s in ours if os.path.exists(s)], report
+        assert f"distoptrun: removed {len(ours)} shared-memory segment" in report, report
+    finally:
+        other.unlink(missing_ok=True)
+        _kill(processes)

@@ -1,7 +1,8 @@
 """The code follows the project's ruff configuration (pyproject.toml), as STYLE.md asks."""
 
-import shutil
+import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,14 @@ PATHS = ["distopt", "tests", "benchmarks", "examples"]
 
 
 def _ruff(*args):
-    exe = shutil.which("ruff")
-    if exe is None:
-        pytest.fail("ruff is not installed: `pip install '.[test]'` installs it")
-    return subprocess.run([exe, *args, *PATHS], cwd=ROOT, capture_output=True, text=True)
+    # The running interpreter's ruff, never one that happens to be on PATH: a venv that is not
+    # activated has its tools off PATH, and a stray ruff elsewhere may be another version.
+    if importlib.util.find_spec("ruff") is None:
+        pytest.fail(
+            f"ruff is not installed for {sys.executable}: `pip install '.[test]'` installs it"
+        )
+    cmd = [sys.executable, "-m", "ruff", *args, *PATHS]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
 
 
 def test_ruff_check():

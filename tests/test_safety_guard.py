@@ -125,6 +125,7 @@ def test_different_collectives(world):
     strategy, rank, size = world
     a = distopt.Variable(np.zeros(3), name="a")
     opt = distopt.optimizers.SGD(learning_rate=1.0)
+    strategy.run(lambda: opt.build([a]))  # on every rank: building checks the config
     with pytest.raises(CollectiveMismatchError) as info:
         if rank == 1:
             strategy.reduce("SUM", 1.0)

@@ -62,7 +62,7 @@ def test_close_frees_communicators_and_windows(comm_world, shared_memory, shard)
     strategy.close()
     assert all(win == MPI.WIN_NULL for win in windows)
     assert all(comm == MPI.COMM_NULL for comm in comms)
-    assert _windows(strategy) == [] and strategy._plans == {}
+    assert _windows(strategy) == [] and len(strategy._plan_cache) == 0
     strategy.close()  # idempotent
     assert strategy.communicator.mpi_comm == MPI.COMM_NULL
 

@@ -4,32 +4,52 @@ Each strategy owns a `Monitor`; `enter(op)` / `leave()` bracket every collective
 (two attribute writes, no communication). One process-wide daemon thread wakes about once
 a second, answers other ranks' census requests on the communicator's side channel, and when
 this rank has been inside one collective longer than its timeout, asks every rank where it
-is, prints which ranks did not arrive, and calls MPI_Abort.
+is, prints which ranks did not arrive, and calls MPI_Abort. A rank that exits tells the
+others on the side channel; a rank waiting in a collective that the exited rank never reached
+aborts at its next tick, naming it, instead of waiting for the deadline.
 """
 
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import threading
 import time
-import weakref
 
 import numpy as np
 
 from distopt._stderr import write_uncaptured
 
 DEFAULT_TIMEOUT = 600.0
+# The watchdog looks at most every 50 ms: a shorter deadline would abort collectives that
+# every rank reached, only because they take more than no time.
+MIN_TIMEOUT = 0.1
 TIMEOUT_ENV = "DISTOPT_COLLECTIVE_TIMEOUT"
-DEADLINE_EXIT_CODE = 124
+# Distinct from 124 (GNU `timeout`'s "I killed it") and from 128+N (killed by signal N).
+DEADLINE_EXIT_CODE = 86  # a collective overran its deadline: some rank is alive but stuck
+DEPARTED_EXIT_CODE = 87  # a rank exited while others waited for it in a collective
 OPERATIONS = (
     "collective", "gradient aggregation", "reduce", "all_reduce", "broadcast",
     "variable broadcast", "dataset step agreement", "gradient buffers", "parameter all-gather",
-    "MPIStrategy creation", "strategy close",
+    "MPIStrategy creation", "strategy close", "optimizer hyperparameters",
 )  # fmt: skip
 _CREATION = OPERATIONS.index("MPIStrategy creation")
 _STATE, _EXIT = 1, 2
 _MAX_EXIT_NOTICES = 64  # beyond this, exiting ranks stay silent (N^2 messages)
+# mpiexec (Hydra) exits with the abort's code when one rank aborts, but ranks aborting at the
+# same moment can make it report a killed rank's 9: only the lowest of the waiting ranks
+# aborts at once; the others wait this long first, in case it could not.
+FOLLOWER_DELAY = 2.0
+
+
+def end_job(abort, code: int, message: str, leader: bool) -> None:
+    """Prints `message` past any output capture and calls `abort(code)` (see FOLLOWER_DELAY)."""
+    if not leader:
+        time.sleep(FOLLOWER_DELAY)
+    write_uncaptured(message + "\n")
+    time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
+    abort(code)
 
 
 def resolve_timeout(value) -> float:
@@ -45,13 +65,17 @@ def resolve_timeout(value) -> float:
         except ValueError:
             value = None
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not value > 0:
+    try:
+        seconds = float(value) if ok else math.nan
+    except OverflowError:  # an int beyond float range: no deadline, as math.inf
+        seconds = math.inf
+    if not seconds >= MIN_TIMEOUT:
         raise ValueError(
-            "The collective timeout must be a number of seconds > 0 (math.inf disables the "
-            f"deadline); set it with MPIStrategy(collective_timeout=...) or {TIMEOUT_ENV}. "
-            f"Received: {what}"
+            f"The collective timeout must be a number of seconds >= {MIN_TIMEOUT:g} (math.inf "
+            "disables the deadline); set it with MPIStrategy(collective_timeout=...) or "
+            f"{TIMEOUT_ENV}. Received: {what}"
         )
-    return float(value)
+    return seconds
 
 
 def _op_name(code: int) -> str:
@@ -82,6 +106,10 @@ class Monitor:
         """Starts the strategy's creation: collective #0, which the numbering does not count."""
         self.current = (0, _CREATION, 0, time.monotonic())
 
+    def enter_unnumbered(self, op: int) -> None:
+        """Starts a collective that the numbering does not count (part of building something)."""
+        self.current = (self.seq, op, self.step, time.monotonic())
+
     def leave(self) -> None:
         cur = self.current
         if cur is not None:
@@ -103,8 +131,20 @@ class Monitor:
             except Exception:  # noqa: BLE001 - MPI finalized or broken: keep the deadline only
                 self.channel = None
         cur = self.current
-        if cur is not None and not self._fired and now - cur[3] > self.timeout:
+        if cur is None or self._fired:
+            return
+        # An exited rank's last collective is final: one it never reached cannot complete.
+        gone = sorted(p for p, msg in self.exited.items() if int(msg[1]) < cur[0])
+        if gone:
+            self._depart(cur, gone)
+        elif now - cur[3] > self.timeout:
             self._expire(cur)
+
+    def _depart(self, cur: tuple, gone: list[int]) -> None:
+        self._fired = True
+        comm = self.communicator
+        leader = comm.rank == min(set(range(comm.size)) - set(self.exited))
+        end_job(comm.abort, DEPARTED_EXIT_CODE, departure_message(self, cur, gone), leader)
 
     def _expire(self, cur: tuple) -> None:
         self._fired = True
@@ -119,9 +159,9 @@ class Monitor:
             self._fired = False
             return
         # Not only `sys.stderr`: under pytest's capture the abort would discard the message.
-        write_uncaptured(deadline_message(self, cur, replies) + "\n")
-        time.sleep(0.5)  # mpiexec stops forwarding output once it handles the abort
-        self.communicator.abort(DEADLINE_EXIT_CODE)
+        message = deadline_message(self, cur, replies)
+        leader = self.communicator.rank == min(_arrived(self, cur[0], replies))
+        end_job(self.communicator.abort, DEADLINE_EXIT_CODE, message, leader)
 
 
 def _where(msg) -> str:
@@ -133,18 +173,27 @@ def _where(msg) -> str:
     return f"collective #{seq} (`{_op_name(op)}`, step {step})"
 
 
+def _arrived(monitor: Monitor, seq: int, replies: dict) -> list[int]:
+    """This rank and the peers whose reply (or exit notice) says they reached collective `seq`."""
+    comm = monitor.communicator
+    arrived = [comm.rank]
+    for peer in range(comm.size):
+        msg = replies.get(peer, monitor.exited.get(peer))
+        if peer != comm.rank and msg is not None and int(msg[1]) >= seq:
+            arrived.append(peer)
+    return arrived
+
+
 def deadline_message(monitor: Monitor, cur: tuple, replies: dict) -> str:
     """Which ranks arrived at collective `cur` and where the others are."""
     seq, op, step, _ = cur
     comm = monitor.communicator
-    arrived, missing = [comm.rank], []
+    arrived, missing = _arrived(monitor, seq, replies), []
     for peer in range(comm.size):
-        if peer == comm.rank:
-            continue
         msg = replies.get(peer, monitor.exited.get(peer))
-        if msg is not None and int(msg[1]) >= seq:
-            arrived.append(peer)
-        elif msg is None:
+        if peer in arrived:
+            continue
+        if msg is None:
             missing.append(f"rank {peer}: no answer (it crashed, is exiting, or is stuck in "
                            "code that holds the Python GIL)")  # fmt: skip
         elif msg[0] == _EXIT:
@@ -165,6 +214,15 @@ def deadline_message(monitor: Monitor, cur: tuple, replies: dict) -> str:
         + ", ".join(str(r) for r in sorted(arrived)),
         "  did not arrive:",
         *(f"    {m}" for m in missing),
+        *(
+            ()
+            if missing
+            else [
+                "    none: every rank reached this collective, which was still running when the "
+                f"deadline passed; the deadline ({monitor.timeout:g} s) is shorter than the "
+                "collective takes: raise it."
+            ]
+        ),
         f"Aborting the job (MPI_Abort, exit code {DEADLINE_EXIT_CODE}). Every rank must run the "
         "same collectives in the same order (a rank that skips `apply_gradients` or leaves its "
         f"loop early stalls the others). Change the deadline with "
@@ -173,11 +231,31 @@ def deadline_message(monitor: Monitor, cur: tuple, replies: dict) -> str:
     return "\n".join(lines)
 
 
+def departure_message(monitor: Monitor, cur: tuple, gone: list[int]) -> str:
+    """Which ranks exited before reaching collective `cur`, where this rank waits for them."""
+    seq, op, step, _ = cur
+    comm = monitor.communicator
+    many = len(gone) > 1
+    return "\n".join([
+        f"distopt: rank{'s' if many else ''} {', '.join(map(str, gone))} of {comm.size} "
+        f"exited while rank {comm.rank} waits for {'them' if many else 'it'} in `{_op_name(op)}` "
+        f"at step {step} (collective #{seq}).",
+        *(f"  rank {p}: finished its script and exited after {_where(monitor.exited[p])}"
+          for p in gone),
+        f"Aborting the job (MPI_Abort, exit code {DEPARTED_EXIT_CODE}). Every rank must run the "
+        "same collectives in the same order: end every rank's loop after the same number of "
+        "steps (a rank that skips `apply_gradients` or leaves its loop early stalls the others).",
+    ])  # fmt: skip
+
+
 class _Watchdog:
     """The one thread that ticks every live monitor."""
 
     def __init__(self):
-        self._monitors: weakref.WeakSet = weakref.WeakSet()
+        # Strong references: a strategy dropped without `close()` keeps its communicator until
+        # MPI_Finalize, and its peers may still wait in its collectives; its monitor keeps
+        # answering them and sends its exit notice.
+        self._monitors: set[Monitor] = set()
         self._lock = threading.Lock()
         self._ticking = threading.Lock()  # held while monitors are ticked
         self._stop = threading.Event()

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from distopt.collectives import _wait
 from distopt.collectives._deadline import _op_name
 
 _MAX_LINES = 12
+_CONFIG = "optimizer hyperparameters"
 _NOUNS = {"gradient aggregation": "gradient", "variable broadcast": "variable"}
 
 
@@ -55,7 +57,7 @@ def check(communicator, signature: Signature, seq: int, step: int) -> None:
     Collective: call on all ranks, in the same order.
     """
     header = np.array([signature.digest, -signature.digest, seq, -seq], dtype=np.int64)
-    communicator.allreduce(header, "min")
+    _wait.allreduce(communicator, header, "min")  # where ranks wait for a late one: no spinning
     if header[0] == -header[1] and header[2] == -header[3]:
         return
     mine = {"op": signature.op, "detail": signature.detail, "seq": seq, "step": step,
@@ -113,6 +115,26 @@ def _item_differences(everyone: list[dict], noun: str) -> list[str]:
     return lines
 
 
+def _detail_differences(everyone: list[dict]) -> list[str]:
+    """Per key when every rank's options are a JSON object (e.g. an optimizer's config),
+    else one line of each rank's options."""
+    try:
+        details = {r: json.loads(e["detail"]) for r, e in enumerate(everyone)}
+    except ValueError:
+        details = {}
+    if not details or not all(isinstance(d, dict) for d in details.values()):
+        return ["options: " + _grouped({r: e["detail"] for r, e in enumerate(everyone)})]
+    keys: list[str] = []
+    for d in details.values():
+        keys += [k for k in d if k not in keys]
+    lines = []
+    for key in keys:
+        values = {r: json.dumps(d[key]) if key in d else "not set" for r, d in details.items()}
+        if len(set(values.values())) > 1:
+            lines.append(f"`{key}`: " + _grouped(values))
+    return lines
+
+
 def explain(everyone: list[dict]) -> str:
     """The error text for gathered signatures `everyone[rank]`."""
     ops = {r: _op_name(e["op"]) for r, e in enumerate(everyone)}
@@ -125,7 +147,7 @@ def explain(everyone: list[dict]) -> str:
                         f"{_NOUNS.get(ops[r], 'value')}(s)" for r, e in enumerate(everyone)})
         )  # fmt: skip
     elif len({e["detail"] for e in everyone}) > 1:
-        lines.append("options: " + _grouped({r: e["detail"] for r, e in enumerate(everyone)}))
+        lines += _detail_differences(everyone)
     else:
         lines += _item_differences(everyone, _NOUNS.get(ops[0], "value"))
     if not lines and len({e["seq"] for e in everyone}) > 1:
@@ -134,10 +156,13 @@ def explain(everyone: list[dict]) -> str:
     if len(lines) > _MAX_LINES:
         lines = lines[:_MAX_LINES] + [f"... and {len(lines) - _MAX_LINES} more differences"]
     what = f"`{ops[0]}`" if len(set(ops.values())) == 1 else "the next collective"
+    rule = (
+        "Every rank must run the same collectives in the same order, with the same "
+        "variables (names, shapes, dtypes, order) and the same pattern of None gradients."
+    )
+    if set(ops.values()) == {_CONFIG}:
+        rule = "Create each optimizer with the same arguments on every rank."
     return (
         f"Ranks disagree about {what} (collective #{first['seq']}, step {first['step']}); "
-        "nothing was exchanged:\n"
-        + "\n".join(f"  - {line}" for line in lines)
-        + "\nEvery rank must run the same collectives in the same order, with the same "
-        "variables (names, shapes, dtypes, order) and the same pattern of None gradients."
+        "nothing was exchanged:\n" + "\n".join(f"  - {line}" for line in lines) + "\n" + rule
     )

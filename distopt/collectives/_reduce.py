@@ -7,7 +7,10 @@ order of the shared-memory reducer, so on one node both paths give the same bits
 bits do not depend on which MPI library (or which of its algorithms) runs underneath.
 It also moves no more data than MPI's reduce-scatter/all-gather algorithm and allocates
 nothing per call: MPI libraries allocate a temporary as large as the message on each large
-`Allreduce`. Other ops and dtypes use `Allreduce` in pieces.
+`Allreduce`. MIN and MAX of numbers take the same route with `np.minimum` / `np.maximum`,
+which propagate NaN: every rank gets the one result its owner formed (MPI's MIN/MAX compare
+with `<`, so a NaN on one rank reaches some ranks and not others). Other ops use
+`Allreduce` in pieces.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ _MIN_PART_BYTES = 256 << 10  # with many ranks, parts stay large enough to be ch
 _ALIGN = 64  # bytes: MPI copies run at a third of their speed between misaligned buffers
 _TAG_PARTS, _TAG_SUMS = 0x7D160, 0x7D161  # apart from the deadline's side channel's tags
 _local = threading.local()
+_UFUNCS = {"sum": np.add, "min": np.minimum, "max": np.maximum}
 
 
 def allreduce_flat(
@@ -32,14 +36,16 @@ def allreduce_flat(
 ) -> None:
     """All-reduces a 1-D contiguous buffer in place, in pieces of about `piece_bytes`.
 
-    A float or integer SUM over MPI adds in rank order (see the module docstring).
+    A float or integer SUM over MPI adds in rank order, MIN and MAX of real numbers fold in
+    rank order and propagate NaN (see the module docstring).
     Collective: call on all ranks, in the same order, with buffers of equal size and dtype.
     """
     if comm.size == 1 or buf.size == 0:
         return
     mpi_comm = getattr(comm, "mpi_comm", None)
-    if op == "sum" and mpi_comm is not None and buf.dtype.kind in "iufc":
-        _pairwise_sum(mpi_comm, comm.rank, comm.size, buf, piece_bytes)
+    kinds = "iufc" if op == "sum" else "iuf"
+    if op in _UFUNCS and mpi_comm is not None and buf.dtype.kind in kinds:
+        _pairwise_sum(mpi_comm, comm.rank, comm.size, buf, piece_bytes, _UFUNCS[op])
         return
     step = max(1, piece_bytes // buf.dtype.itemsize)
     for start in range(0, buf.size, step):
@@ -81,7 +87,7 @@ def _part_elements(buf: np.ndarray, size: int, piece_bytes: int) -> tuple[int, i
     return -(-per // line) * line, line
 
 
-def _pairwise_sum(mpi_comm, rank: int, size: int, buf: np.ndarray, piece_bytes: int) -> None:
+def _pairwise_sum(mpi_comm, rank, size, buf: np.ndarray, piece_bytes: int, ufunc=np.add) -> None:
     per, line = _part_elements(buf, size, piece_bytes)
 
     def rounds():
@@ -90,7 +96,7 @@ def _pairwise_sum(mpi_comm, rank: int, size: int, buf: np.ndarray, piece_bytes: 
             bounds = _parts(min(per * size, buf.size - a), line, size)
             yield [(a + lo, a + hi) for lo, hi in zip(bounds, bounds[1:])]
 
-    _sum_rounds(mpi_comm, rank, size, buf, per, rounds(), send_back=True)
+    _sum_rounds(mpi_comm, rank, size, buf, per, rounds(), send_back=True, ufunc=ufunc)
 
 
 def reduce_scatter_flat(
@@ -114,10 +120,10 @@ def reduce_scatter_flat(
     _sum_rounds(comm.mpi_comm, rank, size, buf, per, rounds, send_back=False)
 
 
-def _sum_rounds(mpi_comm, rank, size, buf, per, rounds, send_back: bool) -> None:
+def _sum_rounds(mpi_comm, rank, size, buf, per, rounds, send_back: bool, ufunc=np.add) -> None:
     """For each round (every rank's [start, stop) of `buf`, at most `per` elements): the
-    others' values of my range arrive, I add them in rank order, and with `send_back` every
-    rank receives every sum."""
+    others' values of my range arrive, I combine them with `ufunc` in rank order, and with
+    `send_back` every rank receives every result."""
     itemsize = buf.dtype.itemsize
     # Receive rows start at the same offset from a cache line as `buf` (and so as the parts).
     shift = buf.__array_interface__["data"][0] % _ALIGN
@@ -134,7 +140,8 @@ def _sum_rounds(mpi_comm, rank, size, buf, per, rounds, send_back: bool) -> None
         exchange(mpi_comm, parts, got, _TAG_PARTS)  # everyone's x_rank of my part
         mine = buf[lo:hi]
         if hi > lo:
-            _sum_in_rank_order(mine, {r: g.view(buf.dtype) for r, g in got.items()}, rank, size)
+            values = {r: g.view(buf.dtype) for r, g in got.items()}
+            _sum_in_rank_order(mine, values, rank, size, ufunc)
         if send_back:
             own = mine.view(np.uint8)
             exchange(mpi_comm, dict.fromkeys(rows, own), parts, _TAG_SUMS)  # and the sums
@@ -155,15 +162,15 @@ def _all_at_once(mpi_comm, sends: dict, receives: dict, tag: int) -> None:
     MPI.Request.Waitall(requests)
 
 
-def _sum_in_rank_order(mine: np.ndarray, got: dict, rank: int, size: int) -> None:
-    """mine = ((x0 + x1) + x2) + ..., where x_rank is `mine` and got[r] is x_r."""
+def _sum_in_rank_order(mine: np.ndarray, got: dict, rank: int, size: int, ufunc=np.add) -> None:
+    """mine = ((x0 + x1) + x2) + ... (`ufunc` for +), where x_rank is `mine`, got[r] is x_r."""
     if rank == 0:
         for r in range(1, size):
-            np.add(mine, got[r], out=mine)
+            ufunc(mine, got[r], out=mine)
         return
     acc = got[0]
     for r in range(1, rank):
-        np.add(acc, got[r], out=acc)
-    np.add(acc, mine, out=mine)
+        ufunc(acc, got[r], out=acc)
+    ufunc(acc, mine, out=mine)
     for r in range(rank + 1, size):
-        np.add(mine, got[r], out=mine)
+        ufunc(mine, got[r], out=mine)

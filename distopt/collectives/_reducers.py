@@ -76,15 +76,29 @@ class PieceReducer:
     def release(self) -> None:
         """Nothing to do: every rank reduces into its own memory."""
 
+    def free_plan(self, plan: BucketPlan) -> None:
+        """Nothing to free: the plan's numpy buffers go with their last reference."""
+
     def close(self) -> None:
         return None
 
 
+_ENV_VALUES = {"": "auto", "auto": "auto", "0": False, "false": False, "no": False,
+               "off": False, "1": True, "true": True, "yes": True, "on": True}  # fmt: skip
+
+
 def resolve_shared_memory(shared_memory):
-    """`shared_memory`, with "auto" overridden by env DISTOPT_SHARED_MEMORY=0/1."""
-    if shared_memory == "auto":
-        env = os.environ.get(SHARED_MEMORY_ENV, "").strip().lower()
-        return {"0": False, "false": False, "1": True, "true": True}.get(env, "auto")
+    """`shared_memory`, with "auto" overridden by env DISTOPT_SHARED_MEMORY=0/1 (or
+    false/true, no/yes, off/on); any other value of the variable is a ValueError."""
+    if isinstance(shared_memory, str) and shared_memory == "auto":
+        raw = os.environ.get(SHARED_MEMORY_ENV, "")
+        value = _ENV_VALUES.get(raw.strip().lower())
+        if value is None:
+            raise ValueError(
+                f"Environment variable {SHARED_MEMORY_ENV} must be 1 (true, yes, on), 0 "
+                f"(false, no, off) or auto. Received: {SHARED_MEMORY_ENV}={raw!r}"
+            )
+        return value
     return shared_memory
 
 

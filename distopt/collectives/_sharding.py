@@ -17,7 +17,8 @@ import numpy as np
 
 from distopt.collectives import _timeline
 from distopt.collectives._reduce import DEFAULT_PIECE_BYTES
-from distopt.collectives._shm import SharedMemoryReducer, _share
+from distopt.collectives._shm import SharedMemoryReducer
+from distopt.collectives._windows import _share
 
 
 class Sharding:
@@ -89,12 +90,17 @@ class Sharding:
 
         key = (arena.dtype, arena.size)
         if key not in self._staging:
-            node = self._groups.node
-            nbytes = arena.nbytes if self._groups.local_rank == 0 else 0
-            win = MPI.Win.Allocate_shared(nbytes, 1, comm=node)
-            win.Lock_all(MPI.MODE_NOCHECK)
-            memory = win.Shared_query(0)[0]
-            self._staging[key] = (win, np.frombuffer(memory, arena.dtype, arena.size))
+            self._staging[key] = None  # /dev/shm has no room: over plain MPI
+            if self._groups.room_for(arena.nbytes):
+                node = self._groups.node
+                nbytes = arena.nbytes if self._groups.local_rank == 0 else 0
+                win = MPI.Win.Allocate_shared(nbytes, 1, comm=node)
+                win.Lock_all(MPI.MODE_NOCHECK)
+                memory = win.Shared_query(0)[0]
+                self._staging[key] = (win, np.frombuffer(memory, arena.dtype, arena.size))
+        if self._staging[key] is None:
+            self._through_mpi(arena, ranges)
+            return
         win, staging = self._staging[key]
         lo, hi = ranges[self.rank]
         self._groups.node.Barrier()  # every rank has read the previous step's staging
@@ -108,7 +114,7 @@ class Sharding:
 
     def close(self) -> None:
         """Frees the staging windows. Collective: call on all ranks, in the same order."""
-        for win, _ in self._staging.values():
+        for win, _ in filter(None, self._staging.values()):
             win.Unlock_all()
             win.Free()
         self._staging.clear()

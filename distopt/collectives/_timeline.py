@@ -20,9 +20,38 @@ TIMELINE_ENV = "DISTOPT_TIMELINE"
 _FLUSH_EVERY = 20_000
 
 
+def _check_path(path: str) -> None:
+    """ValueError unless `path` can take the trace: its folder is writable and it is new,
+    empty, or a trace an earlier job wrote (found now, not when the events are written at exit)."""
+    where = f"{TIMELINE_ENV}={path!r}"
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{where}: the folder {folder!r} does not exist or is not writable, so the trace "
+            f"could not be written. Point {TIMELINE_ENV} at a file in a writable folder."
+        )
+    if os.path.isdir(path) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{where} is a folder or a read-only file; name a writable .json file.")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        other = old.get("otherData") if isinstance(old, dict) else None
+        is_trace = isinstance(other, dict) and "job" in other
+    except (OSError, ValueError):
+        is_trace = False
+    if not is_trace:
+        raise ValueError(
+            f"{where} names an existing file that is not a distopt timeline; it would be "
+            f"overwritten. Move or delete it, or point {TIMELINE_ENV} at another file."
+        )
+
+
 class _Timeline:
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
+        _check_path(self.path)
         self.rank = 0
         self.job = f"{os.getpid()}-{time.time_ns()}"
         self.step = 0

@@ -1,15 +1,20 @@
 """Abort on failure: an unhandled exception on one rank ends the whole MPI job.
 
-`MPIStrategy` installs `install_excepthook()` so that `mpiexec -n N python script.py` behaves
-like `distoptrun`: the failing rank prints its traceback and calls MPI_Abort, instead of
-exiting alone while its peers wait in a collective forever.
+`install_excepthook()` makes `mpiexec -n N python script.py` behave like `distoptrun`: the
+failing rank prints its traceback and calls MPI_Abort, instead of exiting alone while its
+peers wait in a collective forever. `install_for_launcher()`, run at `import distopt` under an
+MPI launcher with several ranks, installs it from then on (not only once an `MPIStrategy`
+exists) and tells the other ranks when this one exits (`_departure.py`).
 """
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 import time
+
+from distopt.collectives import _departure
 
 ABORT_EXIT_CODE = 1
 # mpiexec (Hydra) forwards each rank's output asynchronously and stops forwarding once it
@@ -17,6 +22,7 @@ ABORT_EXIT_CODE = 1
 OUTPUT_GRACE = 0.5
 _lock = threading.Lock()
 _installed: list = []
+_installed_for: set[str] = set()
 
 
 def flush_output() -> None:
@@ -30,6 +36,7 @@ def flush_output() -> None:
 
 
 def _abort_world(code: int) -> None:
+    # Initialises MPI if this rank never did: its peers may be waiting for it in MPI_Init.
     from mpi4py import MPI
 
     if MPI.Is_initialized() and not MPI.Is_finalized():
@@ -67,3 +74,26 @@ def install_excepthook() -> None:
         previous = sys.excepthook
         sys.excepthook = _hook(previous)
         _installed.append(previous)
+
+
+def _announce_exit() -> None:
+    try:
+        # Initialises MPI if this rank never did: peers wait in MPI_Init until every rank
+        # has joined, and would then wait for this one in their strategy's creation.
+        from mpi4py import MPI
+
+        if MPI.Is_initialized() and not MPI.Is_finalized():
+            _departure.announce_exit(MPI.COMM_WORLD)
+    except Exception:  # noqa: BLE001, S110 - exiting anyway; a missing notice costs the deadline
+        pass
+
+
+def install_for_launcher() -> None:
+    """Under an MPI launcher with several ranks: abort-on-exception from now on, and an exit
+    notice to the other ranks when this one exits (once per process; nothing otherwise)."""
+    with _lock:
+        if _departure.launcher_size() < 2 or "announce" in _installed_for:
+            return
+        _installed_for.add("announce")
+        atexit.register(_announce_exit)
+    install_excepthook()

@@ -8,6 +8,7 @@ from distopt.collectives._compress import make_compression
 from distopt.collectives._creation import dup_with_deadline
 from distopt.collectives._deadline import resolve_timeout
 from distopt.collectives._guard import Signature
+from distopt.collectives._nodes import ranks_per_node_from_env
 from distopt.collectives._reducers import make_reducer, resolve_shared_memory
 from distopt.collectives._sharding import Sharding
 from distopt.comm import MPICommunicator
@@ -39,7 +40,10 @@ class MPIStrategy(Strategy):
     shared-memory window and only node leaders talk across nodes ("auto": when some node
     holds several ranks; env DISTOPT_SHARED_MEMORY=0/1). Gradient buckets then live in the
     window, so `gradient_buffers(var_list)` is collective too: call it on all ranks, in the
-    same order.
+    same order. Env DISTOPT_RANKS_PER_NODE=k groups each host's ranks into "nodes" of k
+    consecutive ranks. Either way gradients are summed in rank order, ((x0 + x1) + x2) + ...,
+    so the bits depend on the world size alone, not on the placement of ranks. A window that
+    /dev/shm has no room for is not mapped: those gradients go over plain MPI (one warning).
 
     `shard_optimizer_state=True` (ZeRO-1): each rank keeps the state of an elementwise
     optimizer (created under this strategy's scope) for 1/N of every flat parameter arena,
@@ -82,6 +86,7 @@ class MPIStrategy(Strategy):
         timeout = resolve_timeout(collective_timeout)
         op = self._check_options(gradient_reduce_op, bucket_bytes)
         shared_memory = resolve_shared_memory(shared_memory)
+        ranks_per_node = ranks_per_node_from_env()
         communicator = MPICommunicator(comm, dup=lambda base: dup_with_deadline(base, timeout))
         self._gradient_reducer = self._optimizer_sharding = None
         try:
@@ -92,10 +97,13 @@ class MPIStrategy(Strategy):
                 collective_timeout=timeout,
             )
             options = (f"gradient_reduce_op={op.name}, bucket_bytes={bucket_bytes}, "
-                       f"shared_memory={shared_memory!r}, shard_optimizer_state="
-                       f"{shard_optimizer_state}, compression={compression!r}")  # fmt: skip
+                       f"shared_memory={shared_memory!r}, ranks_per_node={ranks_per_node}, "
+                       f"shard_optimizer_state={shard_optimizer_state}, "
+                       f"compression={compression!r}")  # fmt: skip
             with self._safety.creating(Signature(CREATION, options, ())):
-                self._gradient_reducer = make_reducer(communicator, shared_memory, wire)
+                self._gradient_reducer = make_reducer(
+                    communicator, shared_memory, wire, _ranks_per_node=ranks_per_node
+                )
                 if shard_optimizer_state:
                     sharding = Sharding(communicator, self._gradient_reducer)
                     allgather = self._safety.watched(PARAMETER_ALLGATHER, sharding.allgather)

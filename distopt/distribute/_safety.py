@@ -8,6 +8,9 @@ Callers bracket the payload with `begin` ... `try: ... finally: end()`.
 from __future__ import annotations
 
 import contextlib
+import json
+
+import numpy as np
 
 from distopt.collectives import _guard
 from distopt.collectives._deadline import _WATCHDOG, OPERATIONS, Monitor, resolve_timeout
@@ -23,7 +26,35 @@ BUFFERS = OPERATIONS.index("gradient buffers")
 PARAMETER_ALLGATHER = OPERATIONS.index("parameter all-gather")
 CREATION = OPERATIONS.index("MPIStrategy creation")
 CLOSE = OPERATIONS.index("strategy close")
+CONFIG = OPERATIONS.index("optimizer hyperparameters")
 _MAX_CACHED = 64
+_AGGREGATED = "skip_gradients_aggregation=False"
+_SKIPPED = "skip_gradients_aggregation=True"
+
+
+def _flat_config(config: dict, prefix: str = "") -> dict:
+    """`config` as one level of dotted keys, without the `name` keys (names are numbered per
+    process, so they may differ between ranks without changing any update)."""
+    out = {}
+    for key, value in config.items():
+        if key == "name":
+            continue
+        if isinstance(value, dict):
+            out.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    # A callable learning rate, a custom object: its kind is compared, not its address.
+    kind = value if isinstance(value, type) else type(value)
+    qualname = getattr(value, "__qualname__", kind.__qualname__)
+    return f"<{getattr(value, '__module__', kind.__module__)}.{qualname}>"
 
 
 class CollectiveSafety:
@@ -97,10 +128,40 @@ class CollectiveSafety:
             cached = self._gradient_signatures.get(id(plan))
             if cached is not None and cached[0] is plan:
                 return cached[1]
-        sig = Signature(op, "", [(v.path, v.shape, v.dtype.name) for v in variables])
+        detail = _AGGREGATED if op == GRADIENTS else ""
+        sig = Signature(op, detail, [(v.path, v.shape, v.dtype.name) for v in variables])
         if plan is not None:
             self.remember(plan, sig)
         return sig
+
+    def skip_aggregation(self, variables) -> None:
+        """Takes the place of a gradient aggregation that this rank skips: raises
+        `CollectiveMismatchError` on every rank unless every rank skips it too.
+
+        Collective: call on all ranks, in the same order.
+        """
+        items = [(v.path, v.shape, v.dtype.name) for v in variables] if self.active else ()
+        self.begin(GRADIENTS, Signature(GRADIENTS, _SKIPPED, items) if self.active else None)
+        self.end()
+
+    def agree_on_config(self, config: dict) -> None:
+        """Raises `CollectiveMismatchError` on every rank, naming each differing key with its
+        value per rank, unless every rank passes an equal `config` (`name` keys aside). Not
+        numbered among the collectives: it belongs to building an optimizer.
+
+        Collective: call on all ranks, in the same order.
+        """
+        self.check_open(CONFIG)
+        if not self.active:
+            return
+        detail = json.dumps(_flat_config(config), sort_keys=True, default=_jsonable)
+        monitor = self.monitor
+        monitor.enter_unnumbered(CONFIG)
+        try:
+            signature = Signature(CONFIG, detail, ())
+            _guard.check(self.communicator, signature, monitor.seq, monitor.step)
+        finally:
+            monitor.leave()
 
     def remember(self, plan, signature: Signature | None) -> None:
         if signature is None:
@@ -108,6 +169,13 @@ class CollectiveSafety:
         if len(self._gradient_signatures) >= _MAX_CACHED:
             self._gradient_signatures.clear()
         self._gradient_signatures[id(plan)] = (plan, signature)
+
+    def forget(self, plans=None) -> None:
+        """Drops the cached signatures of `plans` (default: all), so the plans can go."""
+        if plans is None:
+            self._gradient_signatures.clear()
+        for plan in plans or ():
+            self._gradient_signatures.pop(id(plan), None)
 
     def watched(self, op: int, fn):
         """`fn` bracketed for the deadline only (for collectives that follow a guarded one)."""

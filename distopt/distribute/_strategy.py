@@ -16,6 +16,7 @@ from distopt.collectives._reducers import PieceReducer
 from distopt.comm import Communicator, LocalCommunicator
 from distopt.distribute import _context, _datasets
 from distopt.distribute._collective_methods import CollectiveMethods
+from distopt.distribute._plan_cache import PlanCache
 from distopt.distribute._reduce_op import ReduceOp
 from distopt.distribute._replica_context import ReplicaContext
 from distopt.distribute._safety import (
@@ -35,6 +36,8 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
     replica context, where `optimizer.apply_gradients` all-reduces the gradients. Every
     collective is guarded (ranks that disagree all raise `CollectiveMismatchError`) and has a
     deadline of `collective_timeout` seconds (default `$DISTOPT_COLLECTIVE_TIMEOUT` or 600).
+    Gradient bucket plans, one per variable list, are kept least recently used first within
+    256 MB per rank, freed once their variables are gone, and all freed by `close()`.
     """
 
     _is_default = False
@@ -57,9 +60,7 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         self._communicator = communicator
         self._gradient_reduce_op = op
         self._bucket_bytes = bucket_bytes
-        self._plans: dict[tuple, BucketPlan] = {}
-        self._plans_lock = threading.Lock()
-        self._recent_plans: dict[tuple, tuple] = {}
+        self._plan_cache = PlanCache()
 
     @staticmethod
     def _check_options(gradient_reduce_op, bucket_bytes) -> ReduceOp:
@@ -161,40 +162,28 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         self._broadcast_arrays([variable.value], 0, VARIABLE_BROADCAST, [variable.path])
 
     # -- gradients --------------------------------------------------------------------------
-    def _cached_plan(self, variables: Sequence[Variable]) -> tuple[tuple, BucketPlan | None]:
-        held = tuple(variables)
-        hit = self._recent_plans.get(held)  # keyed on the variables themselves: no id reuse
-        if hit is not None:
-            return hit
-        key = tuple(map(id, held))
-        with self._plans_lock:
-            plan = self._plans.get(key)
-        if plan is not None and plan.matches(
-            [v.shape for v in variables], [v.dtype for v in variables]
-        ):
-            self._remember_plan(held, key, plan)
-            return key, plan
-        return key, None
+    def _cached_plan(self, variables: Sequence[Variable]) -> BucketPlan | None:
+        return self._plan_cache.lookup(variables)
 
-    def _remember_plan(self, held: tuple, key: tuple, plan: BucketPlan) -> None:
-        # A few recent lists only: holding variables keeps their arrays alive.
-        recent = self._recent_plans
-        if len(recent) >= 8:
-            recent.clear()
-        recent[held] = (key, plan)
-
-    def _new_plan(self, key: tuple, variables: Sequence[Variable]) -> BucketPlan:
-        # Collective with shared-memory buckets (a new window): only after the guard.
-        shapes = [v.shape for v in variables]
-        plan = self._reducer.make_plan(shapes, [v.dtype for v in variables], self._bucket_bytes)
-        with self._plans_lock:
-            self._plans[key] = plan
-        self._remember_plan(tuple(variables), key, plan)
+    def _new_plan(self, variables: Sequence[Variable]) -> BucketPlan:
+        # Collective with shared-memory buckets (windows made and freed): only after the
+        # guard. Old plans go first, so that their windows' room is free again.
+        reducer = self._reducer
+        shapes, dtypes = [v.shape for v in variables], [v.dtype for v in variables]
+        nbytes = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for s, d in zip(shapes, dtypes))
+        agree = self._agree_min if reducer.shared_memory else _local
+        self._safety.forget(self._plan_cache.make_room(nbytes, reducer, agree))
+        plan = reducer.make_plan(shapes, dtypes, self._bucket_bytes)
+        self._plan_cache.add(variables, plan, nbytes)
         return plan
 
+    def _agree_min(self, flags: np.ndarray) -> np.ndarray:
+        self._communicator.allreduce(flags, "min")
+        return flags
+
     def _plan_for(self, variables: Sequence[Variable]) -> BucketPlan:
-        key, plan = self._cached_plan(variables)
-        return plan if plan is not None else self._new_plan(key, variables)
+        plan = self._cached_plan(variables)
+        return plan if plan is not None else self._new_plan(variables)
 
     def gradient_buffers(self, var_list: Sequence[Variable]) -> list[np.ndarray]:
         """Writable arrays shaped like `var_list`, living in the aggregation buckets.
@@ -202,6 +191,9 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         Compute gradients into them in place (`out=` or `[...] =`) and pass them to
         `apply_gradients` with the same variables in the same order: they are reduced where
         they are, without a pack copy. Their contents are overwritten by each reduction.
+        They stay valid while the variables live (their plan is kept; the strategy's other
+        plans are freed least recently used first beyond a byte budget, or once their
+        variables are gone).
         With shared-memory buckets this is collective: call it on all ranks, in the same order.
         """
         var_list = list(var_list)
@@ -211,16 +203,19 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
                     f"`gradient_buffers` takes distopt.Variable objects. Received: {v!r}"
                 )
         self._check_open("gradient_buffers()")
-        key, plan = self._cached_plan(var_list)
+        plan = self._cached_plan(var_list)
         if plan is None:
             if not getattr(self._reducer, "shared_memory", False):  # local plans: no agreement
-                return list(self._new_plan(key, var_list).views)
+                plan = self._new_plan(var_list)
+                self._plan_cache.pin(var_list)
+                return list(plan.views)
             safety = self._safety
             safety.begin(BUFFERS, safety.gradient_signature(None, var_list, BUFFERS))
             try:
-                plan = self._new_plan(key, var_list)
+                plan = self._new_plan(var_list)
             finally:
                 safety.end()
+        self._plan_cache.pin(var_list)
         return list(plan.views)
 
     def _reduce_gradients(
@@ -233,18 +228,38 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
         rank reads only its range, which the reducer may then reduce alone (ZeRO-1).
         Collective: call on all ranks, in the same order, with the same shapes and dtypes.
         """
-        key, plan = self._cached_plan(variables)
+        plan = self._cached_plan(variables)
         safety = self._safety
         signature = safety.gradient_signature(plan, variables)
         safety.begin(GRADIENTS, signature)
         try:
             if plan is None:
-                plan = self._new_plan(key, variables)
+                plan = self._new_plan(variables)
                 safety.remember(plan, signature)
             mean = self._gradient_reduce_op is ReduceOp.MEAN
             return self._reducer.allreduce(plan, mean, grads, scatter)
         finally:
             safety.end()
+
+    def _skip_reduction(self, grads, variables, scatter=None) -> list[np.ndarray]:
+        """Stands in for `_reduce_gradients` when the caller skips aggregation: the ranks
+        check that every one of them skips (else all raise), and each keeps its own gradients,
+        cast to their variables' dtypes. Collective: call on all ranks, in the same order."""
+        self._agree_on_skip(variables)
+        return [
+            g if (type(g) is np.ndarray and g.dtype == v._value.dtype) else np.asarray(g, v.dtype)
+            for g, v in zip(grads, variables)
+        ]
+
+    def _agree_on_skip(self, variables) -> None:
+        """Raises `CollectiveMismatchError` on every rank unless every rank skips this
+        aggregation. Collective: call on all ranks, in the same order."""
+        self._safety.skip_aggregation(variables)
+
+    def _agree_on_config(self, config: dict) -> None:
+        """Raises `CollectiveMismatchError` on every rank unless all ranks pass equal
+        optimizer configs. Collective: call on all ranks, in the same order."""
+        self._safety.agree_on_config(config)
 
     def _release_gradients(self) -> None:
         """The gradients `_reduce_gradients` returned have been consumed (by every rank).
@@ -272,9 +287,8 @@ class Strategy(CollectiveMethods, _datasets.DatasetMethods):
             self._free_resources()
         finally:
             safety.end()
-        with self._plans_lock:
-            self._plans.clear()
-        self._recent_plans.clear()
+        self._plan_cache.clear()
+        safety.forget()
         safety.close(
             f"{self!r} was closed: `close()` freed its communicator and shared memory. Create "
             "a new strategy (and the variables and optimizers under its scope) to go on."
@@ -340,6 +354,10 @@ class _DefaultStrategy(Strategy):
 
 _DEFAULT: list = []
 _DEFAULT_LOCK = threading.Lock()
+
+
+def _local(flags: np.ndarray) -> np.ndarray:
+    return flags
 
 
 def _default_strategy() -> _DefaultStrategy:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distopt.launch import _shm_cleanup
+from distopt.launch import _job
 
 _RUNNER = ["-m", "distopt.launch._runner"]
 
@@ -112,16 +112,4 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    before = _shm_cleanup.snapshot()
-    try:
-        return subprocess.run(cmd, env=env).returncode
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        files, size = _shm_cleanup.remove_leftovers(before)
-        if files:
-            print(
-                f"distoptrun: removed {files} shared-memory segment(s) ({size / 2**20:.1f} MB) "
-                f"that the job's MPI left in {_shm_cleanup.SHM_DIR}.",
-                file=sys.stderr,
-            )
+    return _job.run(cmd, env)

@@ -27,6 +27,12 @@ def _abort(code: int) -> None:
         os._exit(code)
 
 
+def exit_status(code: int) -> int:
+    """`sys.exit(code)`'s failure as a status in 1-255: MPI_Abort and the OS keep only 8 bits,
+    so 256 would otherwise end the job with 0, as a success."""
+    return min(max(code, 1), 255)
+
+
 def _rank() -> str:
     for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
         if var in os.environ:
@@ -59,9 +65,11 @@ def main() -> None:
         if not isinstance(code, int):
             print(code, file=sys.stderr)
             code = 1
-        print(f"distoptrun: rank {_rank()} exited with status {code}; aborting the job.",
+        status = exit_status(code)
+        also = "" if status == code else f" (exit status {status}: MPI keeps 8 bits, 1-255)"
+        print(f"distoptrun: rank {_rank()} exited with status {code}; aborting the job{also}.",
               file=sys.stderr)  # fmt: skip
-        _abort(code)
+        _abort(status)
     except BaseException:
         print(f"distoptrun: unhandled exception on rank {_rank()}; aborting the job.",
               file=sys.stderr)  # fmt: skip

@@ -4,8 +4,10 @@ MPICH keeps each job's segment file until `MPI_Finalize`; a job that ends in `MP
 (which distopt uses so a failing rank never leaves the others waiting) leaves it behind,
 2-4 MB of RAM each until reboot. A container's /dev/shm is often 64 MB, so a few dozen
 aborted jobs would make the next job fail to start. Only files that appeared during the
-job, belong to this user, carry an MPI segment name and that no process has open or mapped
-are removed.
+job, belong to this user, carry an MPI segment name, that no process has open or mapped,
+and, when the caller knows them, that the job's own processes had mapped (`ours`) are
+removed: another job's files look just as unused from a separate PID namespace sharing
+/dev/shm.
 """
 
 from __future__ import annotations
@@ -27,34 +29,47 @@ def snapshot(directory: Path = SHM_DIR) -> set[str]:
         return set()
 
 
+def _files_of(pid: str, directory: Path) -> set[str]:
+    """Names in `directory` that process `pid` has mapped or open (empty if unreadable)."""
+    names, prefix = set(), str(directory) + os.sep
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                at = line.find(prefix)
+                if at >= 0:
+                    names.add(line[at + len(prefix) :].split()[0])
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith(prefix):
+                names.add(target[len(prefix) :].split()[0])
+    except OSError:  # gone, or another user's (which cannot open our 0600 files)
+        pass
+    return names
+
+
+def mapped(pid: int, directory: Path = SHM_DIR) -> set[str]:
+    """The MPI segment files in `directory` that process `pid` has mapped or open."""
+    return {n for n in _files_of(str(pid), directory) if n.startswith(_PREFIXES)}
+
+
 def _in_use(directory: Path) -> set[str]:
-    """Names in `directory` that some process of ours has open or mapped."""
-    used, prefix = set(), str(directory) + os.sep
+    """Names in `directory` that some process we can see has open or mapped."""
+    used = set()
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/maps") as maps:
-                for line in maps:
-                    at = line.find(prefix)
-                    if at >= 0:
-                        used.add(line[at + len(prefix) :].split()[0])
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith(prefix):
-                    used.add(target[len(prefix) :].split()[0])
-        except OSError:  # gone, or another user's (which cannot open our 0600 files)
-            continue
+        if pid.isdigit():
+            used |= _files_of(pid, directory)
     return used
 
 
 def remove_leftovers(
-    before: set[str], directory: Path = SHM_DIR, wait: float = 2.0
+    before: set[str], directory: Path = SHM_DIR, wait: float = 2.0, ours: set[str] | None = None
 ) -> tuple[int, int]:
-    """Removes the segments that appeared since `before` and are unused; returns (files,
-    bytes) removed. Waits up to `wait` seconds for segments still mapped: mpiexec can
-    return while the processes it killed are still exiting."""
+    """Removes the segments that appeared since `before` (and are in `ours`, if given) and
+    are unused; returns (files, bytes) removed. Waits up to `wait` seconds for segments
+    still mapped: mpiexec can return while the processes it killed are still exiting."""
     new = snapshot(directory) - before
+    if ours is not None:
+        new &= ours
     if not new:
         return 0, 0
     deadline = time.monotonic() + wait

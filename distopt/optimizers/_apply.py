@@ -20,11 +20,29 @@ from distopt.optimizers import _arena, _engine, _slots
 from distopt.optimizers._validation import (
     check_gradients,
     list_facts,
+    snapshot_aliases,
     steady_gradients,
     unzip_pairs,
 )
 
 _bound_strategy = operator.attrgetter("_strategy")
+
+
+class _Skipped:
+    """`aggregate` when the caller asked to skip aggregation: false, yet under a strategy
+    of several ranks they still check, where the reduction would be, that all of them skip
+    (one rank skipping alone would mix gradients of different steps)."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+SKIPPED = _Skipped()
 _CROSS_REPLICA_MESSAGE = (
     "`apply_gradients()` cannot be called in cross-replica context. Use `Strategy.run` to "
     "enter replica context. For more information, please see the docstring of "
@@ -85,7 +103,7 @@ class ApplyMixin:
                 "takes `name`, `skip_gradients_aggregation` and the legacy "
                 "`experimental_aggregate_gradients`."
             )
-        return not skip and bool(legacy)
+        return True if not skip and bool(legacy) else SKIPPED
 
     @staticmethod
     def _require_replica_context():
@@ -160,10 +178,10 @@ class ApplyMixin:
         present = [(g, v) for g, v in zip(grads, variables) if g is not None]
         if not present:
             raise ValueError("No gradients provided for any variable.")
+        _timeline.set_step(self._iteration_count())  # may raise (DISTOPT_TIMELINE): first
         if not self.built:
             with _slots.name_scope(self):
                 self.build(variables)
-        _timeline.set_step(self._iteration_count())
         if len(present) < len(variables):
             missing = [v.path for g, v in zip(grads, variables) if g is None]
             warnings.warn(
@@ -185,6 +203,8 @@ class ApplyMixin:
         ndarray of its variable's dtype already (the default strategy's reduction is then
         the identity); `constrained=False`: no variable has a constraint."""
         reduce = strategy._reduce_gradients if aggregate else None
+        if aggregate is SKIPPED and not strategy._is_default:
+            reduce = strategy._skip_reduction
         if self.gradient_accumulation_steps:
             self._accumulate_and_update(grads, variables, reduce)
         else:
@@ -197,7 +217,7 @@ class ApplyMixin:
             else:
                 grads = self._unscale(grads)
             self._update(grads, variables)
-        if reduce is not None:
+        if aggregate:
             strategy._release_gradients()  # the reduced buffers may be written again
         if self.use_ema:
             self._update_moving_averages()
@@ -231,10 +251,14 @@ class ApplyMixin:
     def _update(self, grads, variables):
         """Clip, weight decay, then the update step of every pair (one real update)."""
         with _timeline.span("update"):
+            if self._kernel is None:  # variable by variable: none may read an updated one
+                grads = snapshot_aliases(grads, variables)
             grads = self._clip_gradients(grads)
             lr = self._learning_rate_value()
             fused = self._decay_in_kernel(variables)
             rest = [v for v in variables if v.dtype not in fused] if fused else variables
+            if self.weight_decay is not None and rest and self._kernel is not None:
+                grads = snapshot_aliases(grads, variables)  # decay writes before the kernel
             self._apply_weight_decay(rest, lr)
             self._update_all(grads, variables, lr, fused)
 
@@ -258,8 +282,9 @@ class ApplyMixin:
                         f"variables `{self.name}` was built with, in the same order, with a "
                         "gradient for each."
                     )
-                for k in in_step:
-                    self.update_step(grads[k], variables[k], lr)
+                snapshot = snapshot_aliases([grads[k] for k in in_step], variables)
+                for k, g in zip(in_step, snapshot):
+                    self.update_step(g, variables[k], lr)
                 continue
             dt_grads = grads if len(in_step) == len(grads) else [grads[k] for k in in_step]
             flat_g = _arena.flat_span(dt_grads)

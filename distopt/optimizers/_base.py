@@ -10,9 +10,29 @@ from distopt import _naming
 from distopt._variable import Variable
 from distopt.distribute import _context
 from distopt.optimizers import _apply, _arena, _engine, _slots, _state, _transforms
+from distopt.optimizers._hyperparameters import describe
 from distopt.optimizers._slots import _internal_variable
 from distopt.optimizers._validation import variable_list
 from distopt.optimizers.schedules import LearningRateSchedule
+
+
+def _check_finite_learning_rate(value) -> np.ndarray:
+    """`value` as the float32 the learning-rate variable holds, or a ValueError (NaN, inf,
+    beyond float32 range, or not a real scalar)."""
+    arr = None
+    if not isinstance(value, (bool, np.bool_, str, bytes)):
+        try:
+            with np.errstate(over="ignore"):
+                arr = np.asarray(value, dtype=np.float64).astype(np.float32)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if arr is None or arr.shape != () or not np.isfinite(arr):
+        raise ValueError(
+            "Argument `learning_rate` must be a finite float (within float32 range), a "
+            "LearningRateSchedule or a callable. "
+            f"Received: learning_rate={describe(value)}"
+        )
+    return arr
 
 
 class Optimizer(
@@ -106,12 +126,9 @@ class Optimizer(
                 "Argument `learning_rate` should be float, or an instance of "
                 "LearningRateSchedule, or a callable (that takes in the current iteration value "
                 "and returns the corresponding learning rate value). "
-                f"Received instead: learning_rate={learning_rate}"
+                f"Received instead: learning_rate={describe(learning_rate)}"
             )
-        if not np.isfinite(learning_rate):
-            raise ValueError(
-                f"Argument `learning_rate` must be finite. Received: learning_rate={learning_rate}"
-            )
+        _check_finite_learning_rate(learning_rate)
         path = f"{self.name}/learning_rate"
         return self._track(_internal_variable(learning_rate, "learning_rate", path, "float32"))
 
@@ -144,7 +161,7 @@ class Optimizer(
                 "This optimizer was created with a callable `learning_rate`; set another "
                 f"callable or schedule instead of a value. Received: {value!r}"
             )
-        self._learning_rate.assign(value)
+        self._learning_rate.assign(_check_finite_learning_rate(value))
 
     def _learning_rate_value(self):
         """This step's learning rate in its own dtype, as Keras passes it to `update_step`:
@@ -187,6 +204,7 @@ class Optimizer(
         if self.built:
             return
         variables = variable_list(variables)
+        self._agree_on_config()
         sharding = _arena.sharding_for(self)
         self._trainable_variables = variables
         self._trainable_variables_indices = {id(v): i for i, v in enumerate(variables)}
@@ -204,6 +222,17 @@ class Optimizer(
                 self.add_variable_from_reference(v, "gradient_accumulator") for v in variables
             ]
         self.built = True
+
+    def _agree_on_config(self) -> None:
+        """Under a strategy of several ranks, checks once that every rank built this
+        optimizer with the same config (raises `CollectiveMismatchError` on every rank,
+        naming the keys that differ). Collective: call on all ranks, in the same order."""
+        if self.__dict__.get("_config_agreed"):
+            return
+        strategy = self._strategy if self._strategy is not None else _context.get_strategy()
+        if not strategy._is_default:
+            strategy._agree_on_config({"class_name": type(self).__name__, **self.get_config()})
+        self._config_agreed = True
 
     # -- the update, written by subclasses ----------------------------------------------------
     def _prepare_step(self, lr) -> None:

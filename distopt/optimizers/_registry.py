@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from distopt.optimizers._base import Optimizer
+from distopt.optimizers._hyperparameters import check_config_depth, describe
 from distopt.optimizers.adadelta import Adadelta
 from distopt.optimizers.adafactor import Adafactor
 from distopt.optimizers.adagrad import Adagrad
@@ -52,8 +53,10 @@ def deserialize(config: dict, custom_objects=None) -> Optimizer:
     """Rebuilds an optimizer from `serialize`'s dict (class names are case-insensitive)."""
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(
-            f"`deserialize` takes a dict with 'class_name' and 'config' keys. Received: {config!r}"
+            "`deserialize` takes a dict with 'class_name' and 'config' keys. "
+            f"Received: {describe(config)}"
         )
+    check_config_depth(config)
     name = config["class_name"]
     custom = dict(custom_objects or {})
     cls = custom.get(name) or _BUILTINS.get(str(name).lower())

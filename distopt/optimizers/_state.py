@@ -7,14 +7,20 @@ import warnings
 import numpy as np
 
 from distopt._variable import Variable
+from distopt.optimizers._hyperparameters import describe as describe_value
 from distopt.optimizers.schedules import LearningRateSchedule
 
 
 def _checked_values(targets, values, describe) -> list[np.ndarray]:
-    """`values` as arrays, each shaped like its target; ValueError before anything changes."""
+    """`values` as arrays, each shaped like its target and representable in its dtype (an
+    integer variable such as `iterations` takes only whole numbers in its range, never NaN);
+    ValueError before anything changes."""
     out = []
     for var, value in zip(targets, values):
-        arr = np.asarray(value.value if hasattr(value, "value") else value)
+        try:
+            arr = np.asarray(value.value if hasattr(value, "value") else value)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"{describe(var)} must be given a numeric array ({e}).") from e
         if arr.dtype.kind not in "fiub":
             raise ValueError(
                 f"{describe(var)} must be given a numeric array. Received dtype {arr.dtype}."
@@ -24,6 +30,16 @@ def _checked_values(targets, values, describe) -> list[np.ndarray]:
                 f"{describe(var)} has shape {var.shape} not compatible with provided weight "
                 f"shape {arr.shape}."
             )
+        if var.dtype.kind in "iu" and not np.can_cast(arr.dtype, var.dtype):
+            info = np.iinfo(var.dtype)
+            with np.errstate(invalid="ignore"):
+                whole = np.isfinite(arr) & (arr == np.round(arr))
+                ok = bool(np.all(whole & (arr >= info.min) & (arr <= info.max)))
+            if not ok:
+                raise ValueError(
+                    f"{describe(var)} holds {var.dtype} values: it must be given whole numbers "
+                    f"in [{info.min}, {info.max}] (no NaN or inf). Received: {describe_value(arr)}"
+                )
         out.append(arr)
     return out
 
@@ -142,13 +158,21 @@ class StateMixin:
                 msg += "This is likely because the optimizer has not been called/built yet."
             warnings.warn(msg, stacklevel=2)
             return
-        values = [np.asarray(store[str(i)]) for i in range(len(variables))]
-        for v, value in zip(variables, values):
-            if value.shape != v.shape:
-                raise ValueError(
-                    f"Optimizer variable {v.path} has shape {v.shape} not compatible with "
-                    f"provided weight shape {value.shape}."
-                )
+        keys = set(map(str, store.keys()))
+        missing = [str(i) for i in range(len(variables)) if str(i) not in keys]
+        if missing:
+            raise ValueError(
+                f"Cannot load the state of optimizer '{self.name}': the store has no key(s) "
+                f"{missing}; it must map '0'..'{len(variables) - 1}' to the values of "
+                "`optimizer.variables`, as `save_own_variables` writes them. "
+                f"Received keys: {sorted(keys)[:12]}"
+            )
+        # Every value is checked before the first is assigned: a bad store changes nothing.
+        values = _checked_values(
+            variables,
+            [store[str(i)] for i in range(len(variables))],
+            lambda v: f"Optimizer variable {v.path}",
+        )
         for v, value in zip(variables, values):
             v.assign(value)
 

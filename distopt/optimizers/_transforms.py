@@ -11,7 +11,7 @@ import re
 import numpy as np
 
 from distopt.optimizers import _arena
-from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._hyperparameters import MAX_STEPS, check_float, describe
 
 
 def _is_number(x) -> bool:
@@ -38,28 +38,30 @@ class TransformsMixin:
             check_float("loss_scale_factor", loss_scale_factor, 0, low_open=True)
         if gradient_accumulation_steps and not (
             _is_number(gradient_accumulation_steps)
-            and np.isfinite(gradient_accumulation_steps)
-            and gradient_accumulation_steps >= 2
+            and 2 <= gradient_accumulation_steps <= MAX_STEPS
             and gradient_accumulation_steps == int(gradient_accumulation_steps)
         ):
             raise ValueError(
-                "`gradient_accumulation_steps` must be an integer >= 2. "
-                f"Received: gradient_accumulation_steps={gradient_accumulation_steps}"
+                "`gradient_accumulation_steps` must be an integer >= 2 (and at most 2**31 - 1, "
+                "the range of `iterations`). Received: "
+                f"gradient_accumulation_steps={describe(gradient_accumulation_steps)}"
             )
         if not isinstance(use_ema, (bool, np.bool_)):
-            raise ValueError(f"Argument `use_ema` must be a bool. Received: use_ema={use_ema!r}")
+            raise ValueError(
+                f"Argument `use_ema` must be a bool. Received: use_ema={describe(use_ema)}"
+            )
         if use_ema:
             if not _is_number(ema_momentum) or not 0 <= ema_momentum <= 1:
                 raise ValueError(
                     "`ema_momentum` must be in the range [0, 1]. "
-                    f"Received: ema_momentum={ema_momentum}"
+                    f"Received: ema_momentum={describe(ema_momentum)}"
                 )
             if ema_overwrite_frequency and (
                 not isinstance(ema_overwrite_frequency, int) or ema_overwrite_frequency < 1
             ):
                 raise ValueError(
                     "`ema_overwrite_frequency` must be an integer >= 1 or None. "
-                    f"Received: ema_overwrite_frequency={ema_overwrite_frequency}"
+                    f"Received: ema_overwrite_frequency={describe(ema_overwrite_frequency)}"
                 )
         if sum(x is not None for x in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError(

@@ -173,9 +173,39 @@ def list_facts(cache: dict, variables: list[Variable], known: dict) -> ListFacts
 
 
 def variable_list(variables) -> list[Variable]:
-    """`variables` as a list, or a TypeError naming the first that is not a Variable."""
+    """`variables` as a list, or a TypeError naming the first that is not a Variable, or a
+    ValueError naming the first that is not floating-point (as in Keras, whose backends
+    differentiate floating-point variables only: an integer or bool one has no gradient)."""
     variables = list(variables)
     for v in variables:
         if not isinstance(v, Variable):
             raise TypeError(f"`build` takes distopt.Variable objects. Received: {v!r}")
+    for v in variables:
+        if v.dtype.kind != "f":
+            raise ValueError(
+                f"Variable `{v.path}` has dtype {v.dtype}, but optimizers update floating-point "
+                "variables only (gradients exist only for those). Create it with a float dtype, "
+                "or leave it out of the variables passed to the optimizer."
+            )
     return variables
+
+
+def _root(array):
+    """The object that owns `array`'s memory (the end of its chain of `.base`)."""
+    while getattr(array, "base", None) is not None:
+        array = array.base
+    return array
+
+
+def snapshot_aliases(grads: list, variables) -> list:
+    """`grads`, with a copy of each gradient whose memory belongs to the same buffer as one of
+    `variables` (e.g. a view of another variable): updates that go variable by variable then
+    read every gradient as it was passed, whatever the order, as one fused pass does."""
+    roots = {id(_root(v._value)) for v in variables}
+    out = None
+    for k, g in enumerate(grads):
+        if g is not None and id(_root(g)) in roots:
+            if out is None:
+                out = list(grads)
+            out[k] = np.array(g)
+    return grads if out is None else out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer, _internal_variable
-from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._hyperparameters import check_bool, check_float
 from distopt.optimizers._slots import scoped_path
 
 
@@ -38,6 +38,7 @@ class Adafactor(Optimizer):
         check_float("epsilon_1", epsilon_1, 0)
         check_float("epsilon_2", epsilon_2, 0)
         check_float("clip_threshold", clip_threshold, 0, low_open=True)
+        check_bool("relative_step", relative_step)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_2_decay = beta_2_decay
         self.epsilon_1 = epsilon_1

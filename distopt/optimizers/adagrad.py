@@ -18,7 +18,7 @@ class Adagrad(Optimizer):
     `initial_accumulator_value`."""
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, **kwargs):
-        check_float("initial_accumulator_value", initial_accumulator_value)
+        check_float("initial_accumulator_value", initial_accumulator_value, 0)
         check_float("epsilon", epsilon, 0)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.initial_accumulator_value = initial_accumulator_value

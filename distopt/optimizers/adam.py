@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer
+from distopt.optimizers._hyperparameters import check_bool
 from distopt.optimizers._moments import adam_coefficients, check_moment_arguments
 
 
@@ -37,6 +38,7 @@ class Adam(Optimizer):
         **kwargs,
     ):
         check_moment_arguments(beta_1, beta_2, epsilon)
+        check_bool("amsgrad", amsgrad)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2

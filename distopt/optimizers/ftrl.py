@@ -75,6 +75,12 @@ class Ftrl(Optimizer):
         _non_negative("l2_regularization_strength", l2_regularization_strength)
         _non_negative("l2_shrinkage_regularization_strength", l2_shrinkage_regularization_strength)
         check_float("beta", beta)
+        if isinstance(learning_rate, (int, float)) and learning_rate == 0:
+            # Its update divides by the learning rate: a zero one can only give inf and NaN.
+            raise ValueError(
+                "Argument `learning_rate` of Ftrl must not be 0: the update divides by it. "
+                f"Received: learning_rate={learning_rate!r}"
+            )
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.learning_rate_power = learning_rate_power
         self.initial_accumulator_value = initial_accumulator_value

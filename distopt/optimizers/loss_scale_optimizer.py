@@ -6,7 +6,9 @@ import numpy as np
 
 from distopt._variable import Variable
 from distopt.optimizers import _slots
+from distopt.optimizers._apply import SKIPPED
 from distopt.optimizers._base import Optimizer
+from distopt.optimizers._hyperparameters import describe
 from distopt.optimizers._unscaling import (
     Unscaler,
     all_finite,
@@ -15,6 +17,7 @@ from distopt.optimizers._unscaling import (
 )
 from distopt.optimizers._validation import check_gradients, variable_list
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Old configs carried the base keys; Keras accepts them only at these defaults.
 _BASE_DEFAULTS = {
     "weight_decay": None,
@@ -72,12 +75,11 @@ class LossScaleOptimizer(Optimizer):
         if (
             not isinstance(initial_scale, (int, float, np.integer, np.floating))
             or isinstance(initial_scale, bool)
-            or not np.isfinite(initial_scale)
-            or initial_scale <= 0
+            or not 0 < initial_scale <= _FLOAT32_MAX  # a huge int compares without overflow
         ):
             raise ValueError(
-                "Argument `initial_scale` must be a finite number > 0. "
-                f"Received: initial_scale={initial_scale!r}"
+                "Argument `initial_scale` must be a finite number > 0. It is held as a float32. "
+                f"Received: initial_scale={describe(initial_scale)}"
             )
         if (
             not isinstance(dynamic_growth_steps, (int, np.integer))
@@ -86,7 +88,7 @@ class LossScaleOptimizer(Optimizer):
         ):
             raise ValueError(
                 "Argument `dynamic_growth_steps` must be an integer >= 1. "
-                f"Received: dynamic_growth_steps={dynamic_growth_steps!r}"
+                f"Received: dynamic_growth_steps={describe(dynamic_growth_steps)}"
             )
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
@@ -100,6 +102,7 @@ class LossScaleOptimizer(Optimizer):
         if self.built:
             return
         variables = variable_list(variables)
+        self._agree_on_config()  # before any variable is made
         self.step_counter = self.add_variable((), "zeros", dtype="int32", name="step_counter")
         self.dynamic_scale = self.add_variable(
             (), self.initial_scale, dtype="float32", name="dynamic_scale"
@@ -142,6 +145,10 @@ class LossScaleOptimizer(Optimizer):
             strategy = self._steady_strategy(facts, variables)
             inner._steady_strategy(facts, variables)
         inner_aggregate, finite = aggregate, None
+        if aggregate is SKIPPED and strategy.num_replicas_in_sync > 1:
+            # Agreed here, before a non-finite step could return without reaching the inner.
+            strategy._agree_on_skip(variables)
+            inner_aggregate = False
         if aggregate and strategy.num_replicas_in_sync > 1:
             if inner.gradient_accumulation_steps:
                 # The inner optimizer reduces only on its update calls: agree on a flag.
@@ -230,6 +237,12 @@ class LossScaleOptimizer(Optimizer):
         from distopt.optimizers._registry import deserialize
 
         config = dict(config)
+        if "inner_optimizer" not in config:
+            raise ValueError(
+                "A LossScaleOptimizer config must hold `inner_optimizer` (the wrapped "
+                "optimizer, serialized as `get_config()` returns it). "
+                f"Received keys: {sorted(map(str, config))}"
+            )
         inner = config.pop("inner_optimizer")
         if isinstance(inner, dict):
             inner = deserialize(inner, custom_objects=custom_objects)

@@ -9,7 +9,7 @@ import numpy as np
 
 from distopt._variable import Variable
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._hyperparameters import check_float, check_int
+from distopt.optimizers._hyperparameters import check_bool, check_float, check_int, describe
 from distopt.optimizers._moments import adam_coefficients, check_moment_arguments
 from distopt.optimizers.adam import _adam_kernel
 
@@ -48,9 +48,11 @@ class Muon(Optimizer):
         if adam_weight_decay is not None and not _is_real(adam_weight_decay):
             raise ValueError(
                 "Argument `adam_weight_decay` must be a float or None. "
-                f"Received: adam_weight_decay={adam_weight_decay!r}"
+                f"Received: adam_weight_decay={describe(adam_weight_decay)}"
             )
         check_int("ns_steps", ns_steps, 0)
+        check_bool("nesterov", nesterov)
+        check_bool("exclude_embeddings", exclude_embeddings)
         if adam_weight_decay is not None:
             check_float("adam_weight_decay", adam_weight_decay, 0)
         check_moment_arguments(adam_beta_1, adam_beta_2, epsilon, prefix="adam_")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._hyperparameters import check_float
+from distopt.optimizers._hyperparameters import check_bool, check_float
 
 
 def _rmsprop_kernel(w, g, v, lr, rho, one_minus_rho, epsilon):
@@ -57,6 +57,7 @@ class RMSprop(Optimizer):
         check_float("rho", rho, 0, 1)
         check_float("momentum", momentum, 0, 1)
         check_float("epsilon", epsilon, 0)
+        check_bool("centered", centered)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.rho = rho
         self.momentum = momentum

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer
-from distopt.optimizers._hyperparameters import check_int
+from distopt.optimizers._hyperparameters import MAX_STEPS, check_float, check_int
 from distopt.optimizers._moments import bias_correction, check_moment_arguments
 
 
@@ -38,7 +38,9 @@ class ScheduleFreeAdamW(Optimizer):
         **kwargs,
     ):
         check_moment_arguments(beta_1, beta_2, epsilon)
-        check_int("warmup_steps", warmup_steps, 0)
+        # The running average is recovered by dividing by beta_1: 0 can only give NaN.
+        check_float("beta_1", beta_1, 0, 1, low_open=True)
+        check_int("warmup_steps", warmup_steps, 0, MAX_STEPS)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2

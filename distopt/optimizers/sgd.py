@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.optimizers._base import Optimizer
+from distopt.optimizers._hyperparameters import check_bool, describe
 
 
 def _sgd_kernel(w, g, lr):
@@ -27,7 +28,11 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
         if not isinstance(momentum, float) or not 0 <= momentum <= 1:
-            raise ValueError("`momentum` must be a float between [0, 1].")
+            raise ValueError(
+                "`momentum` must be a float between [0, 1]. "
+                f"Received: momentum={describe(momentum)}"
+            )
+        check_bool("nesterov", nesterov)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.momentum = momentum
         self.nesterov = bool(nesterov)

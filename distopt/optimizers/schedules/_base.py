@@ -7,6 +7,7 @@ import numbers
 import numpy as np
 
 from distopt._variable import Variable
+from distopt.optimizers._hyperparameters import _finite, describe
 
 
 class LearningRateSchedule:
@@ -73,11 +74,17 @@ def initial_value(initial_learning_rate, c):
     return c(np.asarray(initial_learning_rate))
 
 
-def check_number(name: str, value, allow_none: bool = False) -> None:
+def check_number(name: str, value, allow_none: bool = False, low=None) -> None:
+    """A finite real number (not a bool), >= `low` when given; NaN and inf would only ever
+    give a NaN or infinite learning rate."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"Argument `{name}` must be a number. Received: {name}={value!r}")
+        raise ValueError(f"Argument `{name}` must be a number. Received: {name}={describe(value)}")
+    if not _finite(name, value):
+        raise ValueError(f"Argument `{name}` must be a finite number. Received: {name}={value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"Argument `{name}` must be >= {low}. Received: {name}={value!r}")
 
 
 def check_positive_steps(name: str, value) -> None:

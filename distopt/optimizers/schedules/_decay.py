@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from distopt.optimizers._hyperparameters import check_bool, describe
 from distopt.optimizers.schedules._base import (
     LearningRateSchedule,
     as_step,
@@ -26,7 +27,9 @@ class _RateDecay(LearningRateSchedule):
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
         check_initial_learning_rate(initial_learning_rate)
         check_positive_steps("decay_steps", decay_steps)
-        check_number("decay_rate", decay_rate)
+        # A negative rate gives a NaN (exponential) or a pole (inverse time).
+        check_number("decay_rate", decay_rate, low=0)
+        check_bool("staircase", staircase)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = decay_steps
         self.decay_rate = decay_rate
@@ -80,6 +83,11 @@ class PiecewiseConstantDecay(LearningRateSchedule):
             check_number(f"boundaries[{i}]", b)
         for i, v in enumerate(values):
             check_number(f"values[{i}]", v)
+        if any(a > b for a, b in zip(boundaries, boundaries[1:])):
+            raise ValueError(
+                "Argument `boundaries` must be sorted in increasing order. "
+                f"Received: boundaries={describe(boundaries)}"
+            )
         self.boundaries = boundaries
         self.values = values
         self.name = name
@@ -116,6 +124,7 @@ class PolynomialDecay(LearningRateSchedule):
         check_positive_steps("decay_steps", decay_steps)
         check_number("end_learning_rate", end_learning_rate)
         check_number("power", power)
+        check_bool("cycle", cycle)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = decay_steps
         self.end_learning_rate = end_learning_rate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from distopt.optimizers._hyperparameters import check_config_depth, describe
 from distopt.optimizers.schedules._base import LearningRateSchedule
 from distopt.optimizers.schedules._cosine import CosineDecay, CosineDecayRestarts
 from distopt.optimizers.schedules._decay import (
@@ -40,8 +41,9 @@ def deserialize(config, custom_objects=None) -> LearningRateSchedule:
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(
             "`deserialize` takes a dict with 'class_name' and 'config' keys, as returned by "
-            f"`serialize`. Received: {config!r}"
+            f"`serialize`. Received: {describe(config)}"
         )
+    check_config_depth(config)
     name = config["class_name"]
     cls = dict(custom_objects or {}).get(name) or _BUILTINS.get(name)
     if cls is None:

@@ -1,0 +1,76 @@
+"""Exit notices on `MPI_COMM_WORLD`: a rank that ends tells the others, so none waits for it.
+
+Under an MPI launcher with several ranks, `import distopt` registers an exit hook that sends
+every other rank of `COMM_WORLD` one 8-byte message (up to `MAX_NOTICES` ranks, on a tag no
+collective uses) before `MPI_Finalize`. A rank creating an `MPIStrategy` polls for these, so a
+peer that ended before creating its own is named within a second, not at the deadline. Once a
+strategy exists, its watchdog learns of exits on the strategy's own side channel instead.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+TAG_EXITED = 0x7D154
+MAX_NOTICES = 64  # beyond this, N^2 notices cost more than naming the rank is worth
+# Set for each rank by MPICH/Intel's Hydra (and srun --mpi=pmi2) and by Open MPI. Not
+# SLURM_NTASKS: a batch script's own processes have it too, and are no rank.
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+_lock = threading.Lock()
+_gone: set[int] = set()  # world ranks whose notice this process has received
+
+
+def launcher_size() -> int:
+    """The number of ranks the launcher started, from its environment (1 if none says)."""
+    for var in _SIZE_VARS:
+        value = os.environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def announce_exit(world, timeout: float = 0.5) -> None:
+    """Tells every other rank of `world` (COMM_WORLD) that this rank is exiting; waits up
+    to `timeout` s for the sends. Point-to-point only: needs no peer to be listening."""
+    size, rank = world.Get_size(), world.Get_rank()
+    if not 1 < size <= MAX_NOTICES:
+        return
+    token = np.array([rank], dtype=np.int64)
+    requests = [world.Isend(token, dest=p, tag=TAG_EXITED) for p in range(size) if p != rank]
+    end = time.monotonic() + timeout
+    while requests and time.monotonic() < end:
+        requests = [r for r in requests if not r.Test()]
+        time.sleep(0.001)
+
+
+def exited_ranks(world) -> set[int]:
+    """World ranks known to have exited: the notices received so far (kept process-wide)."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    with _lock:
+        while world.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_EXITED, status=status):
+            buf = np.empty(1, dtype=np.int64)
+            world.Recv(buf, source=status.Get_source(), tag=TAG_EXITED)
+            _gone.add(status.Get_source())
+        return set(_gone)
+
+
+def exited_members(base) -> list[int]:
+    """Ranks of communicator `base` whose world rank has announced its exit."""
+    from mpi4py import MPI
+
+    gone = sorted(exited_ranks(MPI.COMM_WORLD))
+    if not gone:
+        return []
+    world_group, base_group = MPI.COMM_WORLD.Get_group(), base.Get_group()
+    try:
+        ranks = MPI.Group.Translate_ranks(world_group, gone, base_group)
+    finally:
+        world_group.Free()
+        base_group.Free()
+    return sorted(r for r in ranks if r != MPI.UNDEFINED)
