@@ -139,10 +139,17 @@ class CheckpointManager:
                 tmp = self._begin(step)
             except (OSError, CheckpointError) as e:
                 error = f"Cannot write checkpoint {step} in {self.directory}: {e}"
-        sizes = [v.size for v in opt_vars]
-        first = _agree(comm, error, {"tmp": tmp, "sizes": sizes})
+        shapes = [list(v.shape) for v in opt_vars]
+        first = _agree(comm, error, {"tmp": tmp, "shapes": shapes})
         tmp = first[0]["tmp"]
-        srcs = _state.sources(places, [p["sizes"] for p in first])
+        shapes_by_rank = [p["shapes"] for p in first]
+        srcs = _state.sources(places, shapes_by_rank)
+        # A whole tensor's shape is its writer's (a per-tensor ZeRO-1 owner's, not a
+        # placeholder's); a part's is its variable's.
+        shapes = [
+            shapes_by_rank[src][k] if src is not None else _state.full_shape(v, p)
+            for k, (v, p, src) in enumerate(zip(opt_vars, places, srcs))
+        ]
         tensors, pieces = {}, {}
         if comm.rank == 0:
             for i, v in enumerate(variables):
@@ -154,7 +161,9 @@ class CheckpointManager:
         for k, (v, place, src) in enumerate(zip(opt_vars, places, srcs)):
             if src == comm.rank:
                 tensors[f"o{k}"], pieces[f"o{k}"] = v.value, (0, v.size)
-            elif src is None and place.stop > place.start:
+            elif isinstance(place, _placement.PerRank) and v.size:
+                tensors[f"o{k}"], pieces[f"o{k}"] = v.value, (0, v.size)
+            elif isinstance(place, _placement.Elements) and place.stop > place.start:
                 tensors[f"o{k}"], pieces[f"o{k}"] = v.value, (place.start, place.stop)
         error, written = None, {}
         if tensors:
@@ -169,7 +178,7 @@ class CheckpointManager:
         if comm.rank == 0:
             try:
                 manifest = self._manifest(step, comm.size, variables, optimizer, encoded,
-                                          opt_vars, places, everyone)  # fmt: skip
+                                          opt_vars, places, shapes, everyone)  # fmt: skip
                 final = self._commit(tmp, step, manifest)
             except (OSError, CheckpointError, ValueError) as e:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -190,21 +199,30 @@ class CheckpointManager:
         os.mkdir(tmp)
         return tmp
 
-    def _manifest(self, step, size, variables, optimizer, encoded, opt_vars, places, everyone):
+    def _manifest(
+        self, step, size, variables, optimizer, encoded, opt_vars, places, shapes, everyone
+    ):
         from distopt.optimizers import serialize
 
         pieces: dict[str, list] = {}
+        by_rank: list[dict] = []
         for written in everyone:
+            mine = {}
             for key, (file, start, stop, crc) in written.items():
-                pieces.setdefault(key, []).append(
-                    {"file": file, "key": key, "start": start, "stop": stop, "crc32": crc}
-                )
+                piece = {"file": file, "key": key, "start": start, "stop": stop, "crc32": crc}
+                pieces.setdefault(key, []).append(piece)
+                mine[key] = [piece]
+            by_rank.append(mine)
         for parts in pieces.values():
             parts.sort(key=lambda p: p["start"])
 
-        def entry(key, path, shape, dtype):
+        def entry(key, path, shape, dtype, place=None):
             e = _state.entry(path, shape, dtype)
             e["pieces"] = pieces.get(key, [])
+            if isinstance(place, _placement.PerRank):
+                ranks = [mine.get(key, []) for mine in by_rank]
+                e["pieces"] = ranks[0]
+                e["per_rank"] = {"combine": place.combine, "pieces": ranks}
             return e
 
         return {
@@ -218,8 +236,8 @@ class CheckpointManager:
                 entry(f"v{i}", v.path, v.shape, v.dtype) for i, v in enumerate(variables)
             ],
             "optimizer_variables": [
-                entry(f"o{k}", v.path, _state.full_shape(v, p), v.dtype)
-                for k, (v, p) in enumerate(zip(opt_vars, places))
+                entry(f"o{k}", v.path, shape, v.dtype, p)
+                for k, (v, p, shape) in enumerate(zip(opt_vars, places, shapes))
             ],
             "extras": encoded.manifest(lambda key: pieces.get(key, [])),
         }
@@ -260,7 +278,7 @@ class CheckpointManager:
             elif not isinstance(chosen, int) or isinstance(chosen, bool) or chosen < 0:
                 error = f"Argument `step` must be an integer >= 0 or None. Received: {step!r}"
         chosen = _agree(comm, error, chosen)[0]
-        job = Restore(self._path(chosen), variables, optimizer, datasets)
+        job = Restore(comm, self._path(chosen), variables, optimizer, datasets)
         error = None
         try:
             job.prepare()

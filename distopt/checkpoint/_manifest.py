@@ -48,7 +48,7 @@ def _int(path, where, x, low=0):
     return x
 
 
-def _entry(path: str, where: str, entry) -> dict:
+def _entry(path: str, where: str, entry, world_size: int = 1) -> dict:
     """A tensor entry: path, shape, dtype and pieces covering its elements exactly once."""
     if not isinstance(entry, dict):
         _fail(path, f"`{where}` must be an object")
@@ -83,6 +83,16 @@ def _entry(path: str, where: str, entry) -> dict:
         covered = stop
     if covered != size and not (size == 0 and not pieces):
         _fail(path, f"`{where}` has pieces covering {covered} of its {size} elements")
+    per_rank = entry.get("per_rank")
+    if per_rank is not None:
+        if not isinstance(per_rank, dict) or per_rank.get("combine") not in ("sum", "max"):
+            _fail(path, f"`{where}.per_rank` must be an object with combine 'sum' or 'max'")
+        ranks = per_rank.get("pieces")
+        if not isinstance(ranks, list) or len(ranks) != world_size:
+            _fail(path, f"`{where}.per_rank.pieces` must list the pieces of {world_size} ranks")
+        for r, rank_pieces in enumerate(ranks):
+            plain = {k: v for k, v in entry.items() if k != "per_rank"}
+            _entry(path, f"{where}.per_rank.pieces[{r}]", {**plain, "pieces": rank_pieces}, 1)
     return entry
 
 
@@ -107,13 +117,13 @@ def load(path: str) -> dict:
             "version this distopt reads",
         )
     _int(path, "step", manifest.get("step"))
-    _int(path, "world_size", manifest.get("world_size"), 1)
+    world_size = _int(path, "world_size", manifest.get("world_size"), 1)
     for group in ("variables", "optimizer_variables"):
         entries = manifest.get(group)
         if not isinstance(entries, list):
             _fail(path, f"`{group}` must be a list")
         for i, e in enumerate(entries):
-            _entry(path, f"{group}[{i}]", e)
+            _entry(path, f"{group}[{i}]", e, world_size)
     if manifest.get("optimizer") is not None and not isinstance(manifest["optimizer"], dict):
         _fail(path, "`optimizer` must be an object or null")
     extras = manifest.get("extras")

@@ -4,7 +4,11 @@ Without ZeRO-1 every rank holds every optimizer variable whole (`Whole`). Under 
 sharding a kernel slot holds only this rank's contiguous part of its variable's flattened
 elements (`Elements`). Under per-tensor sharding a rank holds the state of the tensors it
 owns whole and an empty placeholder for the others (`Whole` with `placeholder_ok`): the
-checkpoint takes each value from a rank that holds it.
+checkpoint takes each value from a rank that holds it. Gradient accumulators differ per
+rank (each sums its own gradients until the N-th call reduces them): each rank's is saved
+(`PerRank`), and restored to its rank at the same world size or combined onto rank 0 at
+another (their sum, or their max for `overwrite_with_gradient` variables), which is what the
+next reduction sees either way.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ class Elements:
     stop: int
 
 
+@dataclass(frozen=True)
+class PerRank:
+    """Each rank holds its own value; `combine` ("sum" or "max") merges them."""
+
+    combine: str
+
+
 def _optimizers(optimizer) -> list:
     """`optimizer` and the optimizers it wraps (LossScaleOptimizer's inner one), outermost
     first."""
@@ -39,15 +50,19 @@ def _optimizers(optimizer) -> list:
 
 
 def placements(optimizer) -> list:
-    """For each of `optimizer.variables`, in order: a `Whole` or `Elements` placement."""
+    """For each of `optimizer.variables`, in order: a `Whole`, `Elements` or `PerRank`
+    placement."""
     found: dict[int, object] = {}
     for opt in _optimizers(optimizer):
+        if opt.gradient_accumulation_steps and opt.built:
+            for var, acc in zip(opt._trainable_variables, opt._accumulated_gradients):
+                found[id(acc)] = PerRank("max" if var.overwrite_with_gradient else "sum")
         layout = getattr(opt, "_layout", None)
         if layout is None or layout.sharding is None:
             continue
         if layout.owned is not None:
             for v in opt._variables:
-                found[id(v)] = Whole(placeholder_ok=True)
+                found.setdefault(id(v), Whole(placeholder_ok=True))
             continue
         for name in opt._kernel_slots:
             for var, slot in zip(opt._trainable_variables, opt._slots.get(name, ())):

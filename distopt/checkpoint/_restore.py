@@ -60,7 +60,8 @@ class _Reader:
 
 
 class Restore:
-    def __init__(self, folder, variables, optimizer, datasets):
+    def __init__(self, comm, folder, variables, optimizer, datasets):
+        self.comm = comm
         self.folder = folder
         self.variables = variables
         self.optimizer = optimizer
@@ -103,7 +104,13 @@ class Restore:
         try:
             for v, e in zip(self.variables, manifest["variables"]):
                 self.values.append((v, _state.read_part(reader, e, 0, v.size)))
+            rank, size = self.comm.rank, self.comm.size
             for v, p, e in zip(opt_vars, places, manifest["optimizer_variables"]):
+                if e.get("per_rank") is not None:
+                    saved = manifest["world_size"]
+                    value = _state.read_per_rank(reader, e, rank, size, saved)
+                    self.values.append((v, value))
+                    continue
                 part = _state.target_part(v, p)
                 if part is not None:
                     self.values.append((v, _state.read_part(reader, e, *part)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.checkpoint._errors import CheckpointError
-from distopt.checkpoint._placement import Elements, Whole
+from distopt.checkpoint._placement import Elements, PerRank, Whole
 from distopt.checkpoint._safetensors import DTYPES, dtype_code
 
 
@@ -19,15 +19,16 @@ def entry(path: str, shape, dtype) -> dict:
     return {"path": path, "shape": list(shape), "dtype": dtype_code(dtype), "pieces": []}
 
 
-def sources(places, sizes_by_rank) -> list[int | None]:
+def sources(places, shapes_by_rank) -> list[int | None]:
     """For each `Whole` variable, the rank that writes it: rank 0, or under per-tensor ZeRO-1
-    the lowest rank holding it (non-empty); None for `Elements` (every rank its part)."""
+    the lowest rank holding it (non-empty); None for `Elements` and `PerRank` (every rank
+    writes its own)."""
     out = []
     for k, place in enumerate(places):
-        if isinstance(place, Elements):
+        if isinstance(place, (Elements, PerRank)):
             out.append(None)
         elif place.placeholder_ok:
-            holders = [r for r, sizes in enumerate(sizes_by_rank) if sizes[k] > 0]
+            holders = [r for r, shapes in enumerate(shapes_by_rank) if 0 not in shapes[k]]
             out.append(holders[0] if holders else 0)
         else:
             out.append(0)
@@ -93,3 +94,22 @@ def target_part(var, place) -> tuple[int, int] | None:
     if isinstance(place, Whole) and place.placeholder_ok and var.shape == (0,):
         return None
     return 0, var.size
+
+
+def read_per_rank(reader, e: dict, rank: int, size: int, saved_size: int) -> np.ndarray:
+    """This rank's accumulator: its own at the saved world size; else rank 0 takes the
+    saved ranks' values combined (in rank order) and the others zeros."""
+    per_rank = e["per_rank"]
+    count = int(np.prod(e["shape"], dtype=np.int64))
+    part = {**e, "per_rank": None}
+    if size == saved_size:
+        return read_part(reader, {**part, "pieces": per_rank["pieces"][rank]}, 0, count)
+    out = np.zeros(count, dtype=np.dtype(DTYPES[e["dtype"]]))
+    if rank == 0:
+        for pieces in per_rank["pieces"]:
+            value = read_part(reader, {**part, "pieces": pieces}, 0, count)
+            if per_rank["combine"] == "max":
+                np.maximum(out, value, out=out)
+            else:
+                out += value
+    return out
