@@ -38,8 +38,11 @@ class _Reader:
     def __init__(self, folder: str):
         self.folder = folder
         self.files: dict[str, tuple] = {}
+        self.cache: dict[tuple, np.ndarray] | None = None  # None: read without keeping
 
     def __call__(self, file: str, key: str, crc: int) -> np.ndarray:
+        if self.cache is not None and (file, key) in self.cache:
+            return self.cache[file, key]
         if file not in self.files:
             path = os.path.join(self.folder, file)
             try:
@@ -51,7 +54,20 @@ class _Reader:
                 ) from e
             self.files[file] = (f, path, *_safetensors.read_header(f, path))
         f, path, header, start = self.files[file]
-        return _safetensors.read(f, path, header, start, key, crc)
+        value = _safetensors.read(f, path, header, start, key, crc)
+        if self.cache is not None:
+            self.cache[file, key] = value
+        return value
+
+    def read_all(self, entries) -> None:
+        """Reads and keeps every piece of `entries` (each is then checked before anything
+        is built or assigned)."""
+        self.cache = {} if self.cache is None else self.cache
+        for e in entries:
+            per_rank = e.get("per_rank")
+            for pieces in per_rank["pieces"] if per_rank else [e["pieces"]]:
+                for p in pieces:
+                    self(p["file"], p["key"], p["crc32"])
 
     def close(self):
         for f, *_ in self.files.values():
@@ -91,17 +107,21 @@ class Restore:
         targets = [(v.path, v.shape, v.dtype, False) for v in self.variables]
         _state.check_targets(manifest["variables"], targets, "variables")
         self.iterators = _extras.check_datasets(self.datasets, manifest["extras"])
-        if not opt.built:
-            opt.build([v for v in self.variables if v.trainable])
-        places = _placement.placements(opt)
-        opt_vars = opt.variables
-        targets = [
-            (v.path, _state.full_shape(v, p), v.dtype, getattr(p, "placeholder_ok", False))
-            for v, p in zip(opt_vars, places)
-        ]
-        _state.check_targets(manifest["optimizer_variables"], targets, "optimizer variables")
         reader = _Reader(self.folder)
         try:
+            if not opt.built:
+                # Which parts this rank takes is known once built: read and check everything
+                # first, so a damaged checkpoint leaves the optimizer unbuilt.
+                arrays = [e for e in manifest["extras"].values() if e["kind"] == "array"]
+                reader.read_all(manifest["variables"] + manifest["optimizer_variables"] + arrays)
+                opt.build([v for v in self.variables if v.trainable])
+            places = _placement.placements(opt)
+            opt_vars = opt.variables
+            targets = [
+                (v.path, _state.full_shape(v, p), v.dtype, getattr(p, "placeholder_ok", False))
+                for v, p in zip(opt_vars, places)
+            ]
+            _state.check_targets(manifest["optimizer_variables"], targets, "optimizer variables")
             for v, e in zip(self.variables, manifest["variables"]):
                 self.values.append((v, _state.read_part(reader, e, 0, v.size)))
             rank, size = self.comm.rank, self.comm.size
