@@ -59,7 +59,7 @@ def _entry(path: str, where: str, entry, world_size: int = 1) -> dict:
         _fail(path, f"`{where}.shape` must be a list")
     for d in shape:
         _int(path, f"{where}.shape", d)
-    if entry.get("dtype") not in DTYPES:
+    if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
         found = entry.get("dtype")
         _fail(path, f"`{where}.dtype` must be one of {sorted(DTYPES)}, found {found!r}")
     pieces = entry.get("pieces")
