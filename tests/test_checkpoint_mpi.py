@@ -84,7 +84,7 @@ def _remove_last_shard(shared_dir, size):
 
 @pytest.mark.parametrize(
     "damage,message",
-    [(_damage_last_shard, "is corrupted"), (_remove_last_shard, "listed in the manifest is missing")],
+    [(_damage_last_shard, "is corrupted"), (_remove_last_shard, "in the manifest is missing")],
 )
 def test_a_damaged_shard_raises_on_every_rank_and_changes_nothing(
     comm_world, shared_dir, damage, message
