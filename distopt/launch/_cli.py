@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distopt.launch import _shm_cleanup
+from distopt.launch import _restarts, _shm_cleanup
 
 _RUNNER = ["-m", "distopt.launch._runner"]
 
@@ -97,12 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mpiexec", help="the mpiexec to use (default: beside this Python, then PATH)")
     p.add_argument("--mpi-args", default="", help="extra mpiexec arguments, e.g. '-bind-to core'")
     p.add_argument("--dry-run", action="store_true", help="print the mpiexec command and exit")
+    p.add_argument(
+        "--restarts", type=int, default=0,
+        help="relaunch a failed job up to N times (it resumes from its newest checkpoint)",
+    )  # fmt: skip
     p.add_argument("program", nargs=argparse.REMAINDER, help="script.py [args] or a command")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _restarts.check_restarts(args.restarts)
     cmd = build_command(
         args.np, args.program, args.module, args.mpiexec, args.hostfile,
         shlex.split(args.mpi_args),
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("PYTHONUNBUFFERED", "1")
     before = _shm_cleanup.snapshot()
     try:
-        return subprocess.run(cmd, env=env).returncode
+        launch = lambda e: subprocess.run(cmd, env=e).returncode  # noqa: E731
+        return _restarts.run_with_restarts(launch, env, args.restarts)
     except KeyboardInterrupt:
         return 130
     finally:
