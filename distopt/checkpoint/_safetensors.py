@@ -3,7 +3,8 @@
 Nothing here can execute code on load: the header is JSON, the payload raw little-endian
 numbers. Each tensor's CRC-32 is computed while it is written (in a helper thread, over
 the same chunks the writer sends) and checked while it is read, so a checksum costs little
-beyond the I/O itself.
+beyond the I/O itself. With `isal` installed (the `fast` extra) the CRC-32 is ISA-L's
+vectorised one, about 3x zlib's; both give the same values.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from distopt.checkpoint._errors import CheckpointError
+
+try:
+    from isal.isal_zlib import crc32
+except ImportError:  # the same checksum, slower
+    crc32 = zlib.crc32
 
 CHUNK = 1 << 24  # bytes per write/read call; the CRC of one chunk overlaps the I/O of the next
 MAX_HEADER = 1 << 26
@@ -68,7 +74,7 @@ def write(path: str, arrays: dict[str, np.ndarray]) -> dict[str, int]:
             data = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
             crc = 0
             for chunk in _chunks(data):
-                pending = pool.submit(zlib.crc32, chunk, crc)
+                pending = pool.submit(crc32, chunk, crc)
                 f.write(chunk)
                 crc = pending.result()
             crcs[key] = crc
@@ -124,7 +130,7 @@ def read(f, path: str, header: dict, start: int, key: str, expected_crc: int) ->
             got += f.readinto(chunk)
             if pending is not None:
                 crc = pending.result()
-            pending = pool.submit(zlib.crc32, chunk, crc)
+            pending = pool.submit(crc32, chunk, crc)
         if pending is not None:
             crc = pending.result()
     if got != len(data):

@@ -70,20 +70,25 @@ def check_targets(manifest_entries, targets, what: str) -> None:
 
 def read_part(reader, e: dict, start: int, stop: int) -> np.ndarray:
     """Elements [start, stop) of the flattened saved tensor `e`, from its pieces."""
-    out = np.empty(stop - start, dtype=np.dtype(DTYPES[e["dtype"]]))
+    dtype = np.dtype(DTYPES[e["dtype"]])
+    out = None
     for piece in e["pieces"]:
         lo, hi = max(start, piece["start"]), min(stop, piece["stop"])
         if lo >= hi:
             continue
         data = reader(piece["file"], piece["key"], piece["crc32"]).reshape(-1)
-        if data.size != piece["stop"] - piece["start"] or data.dtype != out.dtype:
+        if data.size != piece["stop"] - piece["start"] or data.dtype != dtype:
             raise CheckpointError(
                 f"Tensor `{piece['key']}` of {piece['file']} holds {data.size} {data.dtype} "
                 f"elements; the manifest expects {piece['stop'] - piece['start']} "
-                f"{out.dtype} for {e['path']}."
+                f"{dtype} for {e['path']}."
             )
+        if (piece["start"], piece["stop"]) == (start, stop):
+            return data  # the whole range in one piece: no copy
+        if out is None:
+            out = np.empty(stop - start, dtype=dtype)
         out[lo - start : hi - start] = data[lo - piece["start"] : hi - piece["start"]]
-    return out
+    return out if out is not None else np.empty(stop - start, dtype=dtype)
 
 
 def target_part(var, place) -> tuple[int, int] | None:
