@@ -6,6 +6,7 @@ import tempfile
 
 import numpy as np
 import pytest
+from mpi4py import MPI  # noqa: F401 (the skipif condition)
 
 import distopt
 from distopt.checkpoint import CheckpointError, CheckpointManager
@@ -126,4 +127,16 @@ def test_the_data_position_is_restored(comm_world, shared_dir):
     assert extras["data"] is fresh and extras["epoch"] == 0
     assert np.array_equal(next(fresh), expected)
     assert manager.restore(weights, optimizer)["data"] == 4  # without `datasets`: the position
+    strategy.close()
+
+
+@pytest.mark.skipif("MPI.COMM_WORLD.Get_size() < 2", reason="needs peers")
+def test_ranks_saving_different_steps_fail_clearly(comm_world, shared_dir):
+    from distopt.collectives._guard import CollectiveMismatchError
+
+    strategy, weights, optimizer = _setup(False)
+    manager = CheckpointManager(shared_dir)
+    with pytest.raises(CollectiveMismatchError, match="checkpoint"):
+        manager.save(1 if comm_world.rank == 0 else 2, weights, optimizer)
+    assert manager.latest_step() is None
     strategy.close()

@@ -12,17 +12,37 @@ from distopt._variable import Variable
 from distopt.checkpoint import _extras, _manifest, _placement, _safetensors, _state
 from distopt.checkpoint._errors import CheckpointError
 from distopt.checkpoint._restore import Restore
+from distopt.collectives._guard import Signature
+from distopt.distribute._safety import CHECKPOINT
 
 _STEP = re.compile(r"step_(\d{9,})")
 
 
-def _communicator(optimizer):
-    strategy = getattr(optimizer, "_strategy", None)
-    if strategy is None:
-        from distopt.distribute import get_strategy
+class _Collectives:
+    """The strategy's communicator, each exchange under its deadline; the first one also
+    compares a signature, so ranks calling different checkpoint operations fail clearly."""
 
-        strategy = get_strategy()
-    return strategy.communicator
+    def __init__(self, optimizer, detail: str, variables):
+        strategy = getattr(optimizer, "_strategy", None)
+        if strategy is None:
+            from distopt.distribute import get_strategy
+
+            strategy = get_strategy()
+        self.comm = strategy.communicator
+        self.rank, self.size = self.comm.rank, self.comm.size
+        self.safety = getattr(strategy, "_safety", None)
+        items = [(v.path, v.shape, v.dtype.name) for v in variables]
+        self.signature = Signature(CHECKPOINT, detail, items)
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        if self.safety is None:
+            return self.comm.allgather_bytes(data)
+        signature, self.signature = self.signature, None
+        self.safety.begin(CHECKPOINT, signature)
+        try:
+            return self.comm.allgather_bytes(data)
+        finally:
+            self.safety.end()
 
 
 def _agree(comm, error: str | None, payload=None) -> list:
@@ -127,7 +147,7 @@ class CheckpointManager:
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"Argument `step` must be an integer >= 0. Received: step={step!r}")
         variables = check_variables(variables)
-        comm = _communicator(optimizer)
+        comm = _Collectives(optimizer, f"save of checkpoint {step}", variables)
         encoded = _extras.encode(extras)  # raises before anything is written
         if not optimizer.built:
             optimizer.build([v for v in variables if v.trainable])
@@ -269,7 +289,7 @@ class CheckpointManager:
         Collective: call on all ranks, in the same order.
         """
         variables = check_variables(variables)
-        comm = _communicator(optimizer)
+        comm = _Collectives(optimizer, "restore", variables)
         error, chosen = None, None
         if comm.rank == 0:
             chosen = self.latest_step() if step is None else step
@@ -278,7 +298,7 @@ class CheckpointManager:
             elif not isinstance(chosen, int) or isinstance(chosen, bool) or chosen < 0:
                 error = f"Argument `step` must be an integer >= 0 or None. Received: {step!r}"
         chosen = _agree(comm, error, chosen)[0]
-        job = Restore(comm, self._path(chosen), variables, optimizer, datasets)
+        job = Restore(comm.comm, self._path(chosen), variables, optimizer, datasets)
         error = None
         try:
             job.prepare()

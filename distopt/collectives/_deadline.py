@@ -25,7 +25,7 @@ DEADLINE_EXIT_CODE = 124
 OPERATIONS = (
     "collective", "gradient aggregation", "reduce", "all_reduce", "broadcast",
     "variable broadcast", "dataset step agreement", "gradient buffers", "parameter all-gather",
-    "MPIStrategy creation", "strategy close",
+    "MPIStrategy creation", "strategy close", "checkpoint",
 )  # fmt: skip
 _CREATION = OPERATIONS.index("MPIStrategy creation")
 _STATE, _EXIT = 1, 2

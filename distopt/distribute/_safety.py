@@ -23,6 +23,7 @@ BUFFERS = OPERATIONS.index("gradient buffers")
 PARAMETER_ALLGATHER = OPERATIONS.index("parameter all-gather")
 CREATION = OPERATIONS.index("MPIStrategy creation")
 CLOSE = OPERATIONS.index("strategy close")
+CHECKPOINT = OPERATIONS.index("checkpoint")
 _MAX_CACHED = 64
 
 
