@@ -2,81 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import uuid
 
-from distopt._variable import Variable
-from distopt.checkpoint import _extras, _manifest, _placement, _safetensors, _state
+from distopt.checkpoint import _collectives, _extras, _manifest, _placement, _safetensors, _state
 from distopt.checkpoint._errors import CheckpointError
 from distopt.checkpoint._restore import Restore
-from distopt.collectives._guard import Signature
-from distopt.distribute._safety import CHECKPOINT
 
 _STEP = re.compile(r"step_(\d{9,})")
-
-
-class _Collectives:
-    """The strategy's communicator, each exchange under its deadline; the first one also
-    compares a signature, so ranks calling different checkpoint operations fail clearly."""
-
-    def __init__(self, optimizer, detail: str, variables):
-        strategy = getattr(optimizer, "_strategy", None)
-        if strategy is None:
-            from distopt.distribute import get_strategy
-
-            strategy = get_strategy()
-        self.comm = strategy.communicator
-        self.rank, self.size = self.comm.rank, self.comm.size
-        self.safety = getattr(strategy, "_safety", None)
-        items = [(v.path, v.shape, v.dtype.name) for v in variables]
-        self.signature = Signature(CHECKPOINT, detail, items)
-
-    def allgather_bytes(self, data: bytes) -> list[bytes]:
-        if self.safety is None:
-            return self.comm.allgather_bytes(data)
-        signature, self.signature = self.signature, None
-        self.safety.begin(CHECKPOINT, signature)
-        try:
-            return self.comm.allgather_bytes(data)
-        finally:
-            self.safety.end()
-
-
-def _agree(comm, error: str | None, payload=None) -> list:
-    """Every rank's payload; CheckpointError on every rank if any rank had an error.
-
-    Collective: call on all ranks, in the same order.
-    """
-    blobs = comm.allgather_bytes(json.dumps({"error": error, "payload": payload}).encode())
-    replies = [json.loads(b) for b in blobs]
-    errors = [(r, x["error"]) for r, x in enumerate(replies) if x["error"]]
-    if errors:
-        if len(errors) == 1 or len({e for _, e in errors}) == 1:
-            ranks = ", ".join(str(r) for r, _ in errors)
-            raise CheckpointError(errors[0][1] + (f" (on rank {ranks})" if comm.size > 1 else ""))
-        raise CheckpointError("; ".join(f"rank {r}: {e}" for r, e in errors))
-    return [x["payload"] for x in replies]
-
-
-def check_variables(variables) -> list:
-    if isinstance(variables, Variable):
-        variables = [variables]
-    try:
-        variables = list(variables)
-    except TypeError as e:
-        raise TypeError(
-            f"Argument `variables` must be a list of distopt.Variable. Received: {variables!r}"
-        ) from e
-    bad = [type(v).__name__ for v in variables if not isinstance(v, Variable)]
-    if bad:
-        raise TypeError(
-            f"Argument `variables` must be a list of distopt.Variable. Received items of type "
-            f"{sorted(set(bad))}."
-        )
-    return variables
 
 
 class CheckpointManager:
@@ -146,8 +81,8 @@ class CheckpointManager:
         """
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"Argument `step` must be an integer >= 0. Received: step={step!r}")
-        variables = check_variables(variables)
-        comm = _Collectives(optimizer, f"save of checkpoint {step}", variables)
+        variables = _collectives.check_variables(variables)
+        comm = _collectives.Collectives(optimizer, f"save of checkpoint {step}", variables)
         encoded = _extras.encode(extras)  # raises before anything is written
         if not optimizer.built:
             optimizer.build([v for v in variables if v.trainable])
@@ -160,7 +95,7 @@ class CheckpointManager:
             except (OSError, CheckpointError) as e:
                 error = f"Cannot write checkpoint {step} in {self.directory}: {e}"
         shapes = [list(v.shape) for v in opt_vars]
-        first = _agree(comm, error, {"tmp": tmp, "shapes": shapes})
+        first = _collectives.agree(comm, error, {"tmp": tmp, "shapes": shapes})
         tmp = first[0]["tmp"]
         shapes_by_rank = [p["shapes"] for p in first]
         srcs = _state.sources(places, shapes_by_rank)
@@ -193,17 +128,22 @@ class CheckpointManager:
                 written = {key: [name, *pieces[key], crcs[key]] for key in tensors}
             except (OSError, CheckpointError) as e:
                 error = f"Cannot write a checkpoint shard in {tmp}: {e}"
-        everyone = _agree(comm, error, written)
+        try:
+            everyone = _collectives.agree(comm, error, written)
+        except CheckpointError:
+            if comm.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         error, final = None, None
         if comm.rank == 0:
             try:
-                manifest = self._manifest(step, comm.size, variables, optimizer, encoded,
-                                          opt_vars, places, shapes, everyone)  # fmt: skip
+                manifest = _manifest.build(step, comm.size, variables, optimizer, encoded,
+                                           opt_vars, places, shapes, everyone)  # fmt: skip
                 final = self._commit(tmp, step, manifest)
             except (OSError, CheckpointError, ValueError) as e:
                 shutil.rmtree(tmp, ignore_errors=True)
                 error = f"Cannot complete checkpoint {step} in {self.directory}: {e}"
-        return _agree(comm, error, final)[0]
+        return _collectives.agree(comm, error, final)[0]
 
     def _begin(self, step: int) -> str:
         os.makedirs(self.directory, exist_ok=True)
@@ -219,49 +159,6 @@ class CheckpointManager:
         os.mkdir(tmp)
         return tmp
 
-    def _manifest(
-        self, step, size, variables, optimizer, encoded, opt_vars, places, shapes, everyone
-    ):
-        from distopt.optimizers import serialize
-
-        pieces: dict[str, list] = {}
-        by_rank: list[dict] = []
-        for written in everyone:
-            mine = {}
-            for key, (file, start, stop, crc) in written.items():
-                piece = {"file": file, "key": key, "start": start, "stop": stop, "crc32": crc}
-                pieces.setdefault(key, []).append(piece)
-                mine[key] = [piece]
-            by_rank.append(mine)
-        for parts in pieces.values():
-            parts.sort(key=lambda p: p["start"])
-
-        def entry(key, path, shape, dtype, place=None):
-            e = _state.entry(path, shape, dtype)
-            e["pieces"] = pieces.get(key, [])
-            if isinstance(place, _placement.PerRank):
-                ranks = [mine.get(key, []) for mine in by_rank]
-                e["pieces"] = ranks[0]
-                e["per_rank"] = {"combine": place.combine, "pieces": ranks}
-            return e
-
-        return {
-            "format": _manifest.FORMAT,
-            "format_version": _manifest.FORMAT_VERSION,
-            "versions": _manifest.versions(),
-            "step": step,
-            "world_size": size,
-            "optimizer": json.loads(json.dumps(serialize(optimizer), default=repr)),
-            "variables": [
-                entry(f"v{i}", v.path, v.shape, v.dtype) for i, v in enumerate(variables)
-            ],
-            "optimizer_variables": [
-                entry(f"o{k}", v.path, shape, v.dtype, p)
-                for k, (v, p, shape) in enumerate(zip(opt_vars, places, shapes))
-            ],
-            "extras": encoded.manifest(lambda key: pieces.get(key, [])),
-        }
-
     def _commit(self, tmp: str, step: int, manifest: dict) -> str:
         _manifest.write(tmp, manifest)
         _fsync_dir(tmp)
@@ -270,9 +167,13 @@ class CheckpointManager:
         _fsync_dir(self.directory)
         if self.max_to_keep is not None:
             for old in self.all_steps()[: -self.max_to_keep]:
-                # Renamed away first: a half-removed checkpoint never looks complete.
-                doomed = os.path.join(self.directory, f".tmp-step_{old:09d}-removed")
-                os.rename(self._path(old), doomed)
+                # Renamed away first: a half-removed checkpoint never looks complete. A
+                # failure here leaves an old checkpoint, not a failed save.
+                doomed = os.path.join(self.directory, f".tmp-step_{old:09d}-{uuid.uuid4().hex}")
+                try:
+                    os.rename(self._path(old), doomed)
+                except OSError:
+                    continue
                 shutil.rmtree(doomed, ignore_errors=True)
         return final
 
@@ -288,8 +189,8 @@ class CheckpointManager:
 
         Collective: call on all ranks, in the same order.
         """
-        variables = check_variables(variables)
-        comm = _Collectives(optimizer, "restore", variables)
+        variables = _collectives.check_variables(variables)
+        comm = _collectives.Collectives(optimizer, "restore", variables)
         error, chosen = None, None
         if comm.rank == 0:
             chosen = self.latest_step() if step is None else step
@@ -297,14 +198,14 @@ class CheckpointManager:
                 error = f"No checkpoint to restore in {self.directory}."
             elif not isinstance(chosen, int) or isinstance(chosen, bool) or chosen < 0:
                 error = f"Argument `step` must be an integer >= 0 or None. Received: {step!r}"
-        chosen = _agree(comm, error, chosen)[0]
+        chosen = _collectives.agree(comm, error, chosen)[0]
         job = Restore(comm.comm, self._path(chosen), variables, optimizer, datasets)
         error = None
         try:
             job.prepare()
         except (CheckpointError, OSError) as e:
             error = str(e)
-        _agree(comm, error)
+        _collectives.agree(comm, error)
         return job.commit()
 
 

@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 
+from distopt.checkpoint import _placement, _state
 from distopt.checkpoint._errors import CheckpointError
 from distopt.checkpoint._safetensors import DTYPES
 
@@ -149,3 +150,45 @@ def write(directory: str, manifest: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def build(step, size, variables, optimizer, encoded, opt_vars, places, shapes, everyone):
+    """The manifest of a save: `everyone[r]` maps each key rank r wrote to
+    (file, start, stop, crc32); `shapes` are the optimizer variables' whole shapes."""
+    from distopt.optimizers import serialize
+
+    pieces: dict[str, list] = {}
+    by_rank: list[dict] = []
+    for written in everyone:
+        mine = {}
+        for key, (file, start, stop, crc) in written.items():
+            piece = {"file": file, "key": key, "start": start, "stop": stop, "crc32": crc}
+            pieces.setdefault(key, []).append(piece)
+            mine[key] = [piece]
+        by_rank.append(mine)
+    for parts in pieces.values():
+        parts.sort(key=lambda p: p["start"])
+
+    def entry(key, path, shape, dtype, place=None):
+        e = _state.entry(path, shape, dtype)
+        e["pieces"] = pieces.get(key, [])
+        if isinstance(place, _placement.PerRank):
+            ranks = [mine.get(key, []) for mine in by_rank]
+            e["pieces"] = ranks[0]
+            e["per_rank"] = {"combine": place.combine, "pieces": ranks}
+        return e
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "versions": versions(),
+        "step": step,
+        "world_size": size,
+        "optimizer": json.loads(json.dumps(serialize(optimizer), default=repr)),
+        "variables": [entry(f"v{i}", v.path, v.shape, v.dtype) for i, v in enumerate(variables)],
+        "optimizer_variables": [
+            entry(f"o{k}", v.path, shape, v.dtype, p)
+            for k, (v, p, shape) in enumerate(zip(opt_vars, places, shapes))
+        ],
+        "extras": encoded.manifest(lambda key: pieces.get(key, [])),
+    }
