@@ -103,7 +103,8 @@ def test_restarts_stop_at_success_and_at_the_limit():
     logs.clear()
     assert run_with_restarts(lambda env: 7, {}, 2, logs.append) == 7
     assert len(logs) == 3 and "no restarts left" in logs[-1]
-    assert run_with_restarts(lambda env: 130, {}, 2, logs.append) == 130  # Ctrl-C: no restart
+    for stopped in (130, 143, -15):  # Ctrl-C, SIGTERM: stopped on purpose, not relaunched
+        assert run_with_restarts(lambda env, c=stopped: c, {}, 2, logs.append) == stopped
 
 
 def test_bad_restarts_is_a_clear_error():

@@ -2,7 +2,8 @@
 
 The program resumes itself from its newest checkpoint (`CheckpointManager.latest_step()`);
 each relaunch sees `DISTOPT_RESTART_COUNT` (0 on the first run) and is logged on stderr.
-A job ended by the user (Ctrl-C) is not relaunched.
+A job stopped on purpose (SIGINT, SIGTERM or SIGHUP: Ctrl-C, `kill`, a scheduler's stop) is
+not relaunched.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import time
 from collections.abc import Callable
 
 RESTART_COUNT = "DISTOPT_RESTART_COUNT"
-_INTERRUPTED = (130, -2)  # SIGINT: the shell's code, and subprocess's
+# SIGINT, SIGTERM, SIGHUP: as a shell's status (128 + n) and as subprocess's (-n).
+_INTERRUPTED = (130, 143, 129, -2, -15, -1)
 
 
 def check_restarts(value) -> int:
