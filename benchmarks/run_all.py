@@ -49,6 +49,7 @@ def main():
     run(None, "overhead.py")
     run(None, "overhead.py", "--clock", "cpu")
     run(2, "overhead.py")
+    run(None, "checkpoint.py", *r)
 
 
 if __name__ == "__main__":

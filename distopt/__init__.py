@@ -1,7 +1,7 @@
 """distopt: the Keras optimizer API on numpy and MPI, for data-parallel training."""
 
-from distopt import distribute, losses, optimizers, utils
+from distopt import checkpoint, distribute, losses, optimizers, utils
 from distopt._variable import Variable
 
 __version__ = "0.1.0"
-__all__ = ["Variable", "distribute", "losses", "optimizers", "utils", "__version__"]
+__all__ = ["Variable", "checkpoint", "distribute", "losses", "optimizers", "utils", "__version__"]

@@ -32,7 +32,7 @@ DEPARTED_EXIT_CODE = 87  # a rank exited while others waited for it in a collect
 OPERATIONS = (
     "collective", "gradient aggregation", "reduce", "all_reduce", "broadcast",
     "variable broadcast", "dataset step agreement", "gradient buffers", "parameter all-gather",
-    "MPIStrategy creation", "strategy close", "optimizer hyperparameters",
+    "MPIStrategy creation", "strategy close", "optimizer hyperparameters", "checkpoint",
 )  # fmt: skip
 _CREATION = OPERATIONS.index("MPIStrategy creation")
 _STATE, _EXIT = 1, 2

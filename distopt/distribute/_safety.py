@@ -27,6 +27,7 @@ PARAMETER_ALLGATHER = OPERATIONS.index("parameter all-gather")
 CREATION = OPERATIONS.index("MPIStrategy creation")
 CLOSE = OPERATIONS.index("strategy close")
 CONFIG = OPERATIONS.index("optimizer hyperparameters")
+CHECKPOINT = OPERATIONS.index("checkpoint")
 _MAX_CACHED = 64
 _AGGREGATED = "skip_gradients_aggregation=False"
 _SKIPPED = "skip_gradients_aggregation=True"

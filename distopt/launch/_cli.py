@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distopt.launch import _job
+from distopt.launch import _job, _restarts
 
 _RUNNER = ["-m", "distopt.launch._runner"]
 
@@ -97,12 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mpiexec", help="the mpiexec to use (default: beside this Python, then PATH)")
     p.add_argument("--mpi-args", default="", help="extra mpiexec arguments, e.g. '-bind-to core'")
     p.add_argument("--dry-run", action="store_true", help="print the mpiexec command and exit")
+    p.add_argument(
+        "--restarts", type=int, default=0,
+        help="relaunch a failed job up to N times (it resumes from its newest checkpoint)",
+    )  # fmt: skip
     p.add_argument("program", nargs=argparse.REMAINDER, help="script.py [args] or a command")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _restarts.check_restarts(args.restarts)
     cmd = build_command(
         args.np, args.program, args.module, args.mpiexec, args.hostfile,
         shlex.split(args.mpi_args),
@@ -112,4 +117,4 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    return _job.run(cmd, env)
+    return _restarts.run_with_restarts(lambda e: _job.run(cmd, e), env, args.restarts)
