@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import inspect
+import os
 import pkgutil
 import re
 import subprocess
