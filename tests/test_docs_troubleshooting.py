@@ -268,3 +268,12 @@ def test_none_gradient_warning_tells_a_custom_loop_what_to_do():
     assert "Gradients do not exist for variables ['a'] when minimizing the loss." in text
     assert "In a custom training loop, compute a gradient for each of these variables" in text
     assert a.numpy().tolist() == [1.0] and b.numpy().tolist() == [1.5]
+
+
+def test_exit_codes_table_lists_the_codes_in_the_source():
+    from distopt.collectives._deadline import DEADLINE_EXIT_CODE
+    from distopt.distribute._abort import ABORT_EXIT_CODE
+
+    table = re.findall(r"^\|\s*(\d+)\s*\|", PAGE.read_text(), flags=re.MULTILINE)
+    for code in (ABORT_EXIT_CODE, DEADLINE_EXIT_CODE):
+        assert str(code) in table, f"exit code {code} is not in the exit-code table"
