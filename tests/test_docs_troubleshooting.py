@@ -85,6 +85,12 @@ class _Module:
             for t in n.targets
             if isinstance(t, ast.Name)
         }
+        self.imported = {}  # local name -> (module file, name) for `from distopt... import`
+        for n in self.tree.body:
+            if isinstance(n, ast.ImportFrom):
+                target = _module_file(path, n.module, n.level)
+                for alias in n.names if target else ():
+                    self.imported[alias.asname or alias.name] = (target, alias.name)
         self.parents: dict[ast.AST, ast.AST] = {}
         for node in ast.walk(self.tree):
             for child in ast.iter_child_nodes(node):
@@ -140,12 +146,43 @@ class _Module:
                 if isinstance(items, ast.List | ast.Tuple) and items.elts:
                     return self.template(items.elts[0], at, depth + 1) + [FIELD]
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            func = self.functions.get(node.func.id)
+            module, func = self, self.functions.get(node.func.id)
+            if func is None and node.func.id in self.imported:
+                file, name = self.imported[node.func.id]
+                module = _module(file)
+                func = module.functions.get(name)
             if func is not None:
                 returns = [n for n in ast.walk(func) if isinstance(n, ast.Return) and n.value]
                 if returns:
-                    return self.template(returns[-1].value, returns[-1], depth + 1)
+                    return module.template(returns[-1].value, returns[-1], depth + 1)
         return [FIELD]
+
+
+def _module_file(path: Path, name: str | None, level: int) -> Path | None:
+    """The file of `from <level dots><name> import ...` inside distopt/, else None."""
+    if level:
+        base = path.parent
+        for _ in range(level - 1):
+            base = base.parent
+        parts = name.split(".") if name else []
+    elif name and name.split(".")[0] == "distopt":
+        base, parts = ROOT, name.split(".")
+    else:
+        return None
+    target = base.joinpath(*parts)
+    for candidate in (target.with_suffix(".py"), target / "__init__.py"):
+        if candidate.is_file() and PACKAGE in candidate.parents:
+            return candidate
+    return None
+
+
+_MODULES: dict[Path, _Module] = {}
+
+
+def _module(path: Path) -> _Module:
+    if path not in _MODULES:
+        _MODULES[path] = _Module(path)
+    return _MODULES[path]
 
 
 def _message_argument(node) -> tuple[str, ast.AST] | None:
@@ -165,7 +202,7 @@ def source_messages() -> tuple[list[Message], list[str]]:
     """Every message in distopt/, and the places whose text could not be found."""
     messages, unresolved = [], []
     for path in sorted(PACKAGE.rglob("*.py")):
-        module = _Module(path)
+        module = _module(path)
         rel = path.relative_to(ROOT).as_posix()
         for node in ast.walk(module.tree):
             found = _message_argument(node)
