@@ -76,7 +76,7 @@ ALL_BLOCKS = [b for page in PAGES for b in blocks_of(page)]
 def _env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}/usr/bin{os.pathsep}/bin"
-    env.setdefault("DISTOPT_COLLECTIVE_TIMEOUT", "60")
+    env.setdefault("DISTOPT_COLLECTIVE_TIMEOUT", "120")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
