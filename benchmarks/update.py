@@ -114,9 +114,9 @@ def main():
     engines = ["numba", "numpy"] if _engine._numba_imports() else ["numpy"]
     floor_fn, chunked_fn = memory_floor(n), numpy_chunked_adam(n)
     layouts = {"flat": [n], "161 tensors": resnet50_sizes(n)}
-    torch_fns = {label: torch_fused_adam(sizes) for label, sizes in layouts.items()}
-    if not have_torch():
-        torch_fns = {}
+    torch_fns = (
+        {label: torch_fused_adam(sizes) for label, sizes in layouts.items()} if have_torch() else {}
+    )
     baselines = {"floor": floor_fn, "chunked": chunked_fn, **torch_fns}
     t = interleaved_ms(baselines, reps)
     floor = t["floor"]

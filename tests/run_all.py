@@ -1,5 +1,5 @@
-"""The whole test suite: single-process tests, then the MPI tests under a real `mpiexec`
-at 1, 2, 3 and 4 ranks (oversubscribed), each test with a timeout.
+"""The whole test suite: single-process tests, the docs tests, then the MPI tests under a
+real `mpiexec` at 1, 2, 3 and 4 ranks (oversubscribed), each test with a timeout.
 
 Usage: python tests/run_all.py [--sizes 1,2,3,4] [extra pytest args]
 Prints a closing line `N passed, N failed, N skipped` summed over every run; exits non-zero
@@ -25,7 +25,8 @@ from distopt.launch._procs import JobWatch  # noqa: E402
 
 REPORTS = ROOT / "reports"
 TEST_TIMEOUT = 120  # seconds per test
-RUN_TIMEOUT = 900  # seconds per run (runs take ~1 min): 5 runs stay inside CI's 90 minutes
+RUN_TIMEOUT = 900  # seconds per run (runs take ~1 min): 6 runs stay inside CI's 90 minutes
+DOCS_TESTS = "tests/test_docs_*.py"
 
 
 def mpiexec() -> str:
@@ -88,7 +89,13 @@ def main() -> int:
     base = [sys.executable, "-m", "pytest", f"--timeout={TEST_TIMEOUT}", *extra]
     if not args.no_single:
         xml = REPORTS / "single.xml"
-        ok &= run([*base, "-m", "not mpi", f"--junitxml={xml}"], env, "single process")
+        ignore_docs = f"--ignore-glob={ROOT / DOCS_TESTS}"
+        ok &= run([*base, "-m", "not mpi", ignore_docs, f"--junitxml={xml}"], env, "single process")
+        # The docs tests run every code block (some under mpiexec) and build the site: their
+        # own run, with its own time budget.
+        docs = sorted(str(p) for p in ROOT.glob(DOCS_TESTS))
+        xml = REPORTS / "docs.xml"
+        ok &= run([*base, "-m", "not mpi", *docs, f"--junitxml={xml}"], env, "docs")
     for n in [int(s) for s in args.sizes.split(",") if s]:
         cmd = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / "tests" / "_mpi_pytest.py"),
                f"--timeout={TEST_TIMEOUT}", *extra]  # fmt: skip

@@ -186,7 +186,9 @@ class ApplyMixin:
             missing = [v.path for g, v in zip(grads, variables) if g is None]
             warnings.warn(
                 f"Gradients do not exist for variables {missing} when minimizing the loss. If "
-                "using `model.compile()`, did you forget to provide a `loss` argument?",
+                "using `model.compile()`, did you forget to provide a `loss` argument? In a "
+                "custom training loop, compute a gradient for each of these variables or leave "
+                "them out of the (gradient, variable) pairs; they were not updated.",
                 stacklevel=4,
             )
         overwrite = [(g, v) for g, v in present if v.overwrite_with_gradient]
