@@ -25,6 +25,18 @@ STDERR_CALLS = {"warnings.warn", "sys.stderr.write", "write_uncaptured"}
 # Messages that are not distopt's own text: (file, source of the message argument) -> why.
 NOT_OURS = {
     ("distopt/launch/_runner.py", "code"): "re-prints the script's own `sys.exit(message)`",
+    (
+        "distopt/checkpoint/_collectives.py",
+        "errors[0][1] + (f' (on rank {ranks})' if comm.size > 1 else '')",
+    ): "re-raises another rank's checkpoint message, each documented where it is made",
+    (
+        "distopt/checkpoint/_collectives.py",
+        "'; '.join((f'rank {r}: {e}' for r, e in errors))",
+    ): "joins other ranks' checkpoint messages, each documented where it is made",
+    (
+        "distopt/launch/_restarts.py",
+        "msg",
+    ): "the default logger prints the restart messages made (and documented) in the same module",
 }
 
 
