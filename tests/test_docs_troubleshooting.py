@@ -2,8 +2,9 @@
 
 The messages are read from the source with `ast`: the first argument of every
 `raise X(...)`, `warnings.warn(...)`, `sys.stderr.write(...)`, `write_uncaptured(...)` and
-`print(..., file=sys.stderr)` in `distopt/`. An f-string becomes a template of constant
-fragments and placeholders; names, string concatenation, `.format`, `sep.join([...])` and calls
+`print(..., file=sys.stderr)` in `distopt/`, and the message argument of
+`end_job(abort, code, message, leader)` (the deadline's print-and-abort). An f-string becomes a
+template of constant fragments and placeholders; names, string concatenation, `.format`, `sep.join([...])` and calls
 to functions of the same module are followed. The page must contain the template's start
 (its constant text up to `KEY_CHARS` characters, a placeholder standing for each field), so
 a message can be written there as `Argument `<name>` must be ... Received: <value>`.
@@ -22,6 +23,8 @@ PAGE = ROOT / "docs" / "troubleshooting.md"
 KEY_CHARS = 30
 FIELD = None  # a template part that is a formatted value
 STDERR_CALLS = {"warnings.warn", "sys.stderr.write", "write_uncaptured"}
+# Helpers that print a message they are given: name -> index of the message argument.
+MESSAGE_CALLS = {"end_job": 2}
 # Messages that are not distopt's own text: (file, source of the message argument) -> why.
 NOT_OURS = {
     ("distopt/launch/_runner.py", "code"): "re-prints the script's own `sys.exit(message)`",
@@ -37,6 +40,10 @@ NOT_OURS = {
         "distopt/launch/_restarts.py",
         "msg",
     ): "the default logger prints the restart messages made (and documented) in the same module",
+    (
+        "distopt/collectives/_deadline.py",
+        "message + '\\n'",
+    ): "end_job prints the message its callers pass; each is read at its end_job call",
 }
 
 
@@ -207,6 +214,8 @@ def _message_argument(node) -> tuple[str, ast.AST] | None:
         )
         if name in STDERR_CALLS or to_stderr:
             return name, node.args[0]
+        if name in MESSAGE_CALLS and len(node.args) > MESSAGE_CALLS[name]:
+            return name, node.args[MESSAGE_CALLS[name]]
     return None
 
 
@@ -269,7 +278,8 @@ def test_extraction_finds_the_known_kinds():
     messages, _ = source_messages()
     shown = {m.shown() for m in messages}
     kinds = {m.kind for m in messages}
-    assert {"warnings.warn", "sys.stderr.write", "write_uncaptured", "print"} <= kinds
+    # (the one `write_uncaptured` call prints end_job's argument: it is read at the end_job calls)
+    assert {"warnings.warn", "sys.stderr.write", "print", "end_job"} <= kinds
     assert "raise RuntimeError" in kinds and "raise SystemExit" in kinds
     # a module-level constant, a helper returning "\n".join([...]), a local variable
     assert any(s.startswith("`apply_gradients()` cannot be called in cross-replica") for s in shown)
