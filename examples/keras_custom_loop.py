@@ -59,7 +59,7 @@ def train_torch(model, optimizer, loss_fn, x, y, args):
             loss.backward()
             grads = [v.value.grad for v in model.trainable_weights]
             optimizer.apply_gradients(zip(grads, model.trainable_weights))
-    return float(loss)
+    return float(loss.detach())
 
 
 def train_jax(model, optimizer, loss_fn, x, y, args):
@@ -110,7 +110,10 @@ def main() -> None:
     loss = train(model, optimizer, loss_fn, x, y, args)
     digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
     steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
-    print(f"rank {rank}: {steps} steps, last loss {loss:.4f}, weights sha256 {digest[:16]}")
+    print(
+        f"rank {rank}: {steps} steps, last loss {loss:.4f}, weights sha256 {digest[:16]}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -87,6 +87,15 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         it = iter(reduced)
         return [None if g is None else next(it) for g in grads], release
 
+    def apply_gradients(self, grads_and_vars):
+        """Averages the gradients across ranks, applies them; returns `iterations`.
+
+        Collective: call on all ranks, in the same order.
+        """
+        grads, trainable_variables = zip(*grads_and_vars)
+        self.apply(list(grads), trainable_variables)
+        return self.iterations  # the inner optimizer's: this wrapper never counts steps
+
     def apply(self, grads, trainable_variables=None):
         grads = list(grads)
         if trainable_variables is not None:
