@@ -28,10 +28,13 @@ class BroadcastGlobalVariablesCallback(keras.callbacks.Callback):
         strategy = _runtime.check_strategy(self._strategy)
         check_steps_agree(strategy, (self.params or {}).get("steps"))
         variables = list(self.model.weights)
+        names = [v.path for v in variables]
         optimizer = self.model.optimizer
         if optimizer is not None and optimizer.built:
-            variables += list(optimizer.variables)
-        broadcast_variables(strategy, variables, self.root_rank)
+            state = list(optimizer.variables)
+            variables += state
+            names += [f"optimizer variable {i}" for i in range(len(state))]
+        broadcast_variables(strategy, variables, self.root_rank, names)
 
 
 def check_steps_agree(strategy, steps) -> None:

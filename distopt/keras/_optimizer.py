@@ -43,6 +43,7 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         self.inner_optimizer = inner
         self._strategy = strategy
         self._aggregator = None
+        self._names: dict[tuple, tuple] = {}
 
     # -- the strategy, created on the first collective --------------------------------------
     @property
@@ -67,23 +68,33 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         """
         self.inner_optimizer.build(var_list)
         super().build(var_list)
-        self.broadcast_variables(list(var_list) + self.inner_optimizer.variables)
-
-    def broadcast_variables(self, variables, root: int = 0) -> None:
-        """Assigns rank `root`'s values to `variables` (Keras variables) on every rank.
-
-        Ranks whose lists differ (names, shapes, dtypes) all raise `CollectiveMismatchError`.
-        Collective: call on all ranks, in the same order.
-        """
-        broadcast_variables(self.strategy, variables, root)
+        var_list = list(var_list)
+        state = self.inner_optimizer.variables
+        # The optimizer's own name counts optimizers made in this process: its state is
+        # compared by position, shape and dtype, the model's variables by path too.
+        names = [v.path for v in var_list] + [f"optimizer variable {i}" for i in range(len(state))]
+        broadcast_variables(self.strategy, var_list + state, 0, names)
 
     # -- stepping ---------------------------------------------------------------------------
     def _reduce(self, grads, variables):
-        present = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        if not present:
+        key = tuple(map(id, variables)) + tuple(g is None for g in grads)
+        cached = self._names.get(key)
+        if cached is None:
+            present = [v for g, v in zip(grads, variables) if g is not None]
+            if len(self._names) >= 16:
+                self._names.clear()
+            # The variables ride along so that their ids stay theirs.
+            cached = self._names[key] = (
+                [f"{i}:{v.path}" for i, v in enumerate(present)],
+                variables,
+            )
+        names = cached[0]
+        if not names:
             return list(grads), _nothing
-        names = [f"{i}:{v.path}" for i, (_, v) in enumerate(present)]
-        reduced, release = _backends.allreduce(self.aggregator, names, [g for g, _ in present])
+        present = [g for g in grads if g is not None]
+        reduced, release = _backends.allreduce(self.aggregator, names, present)
+        if len(present) == len(grads):
+            return reduced, release
         it = iter(reduced)
         return [None if g is None else next(it) for g in grads], release
 
@@ -212,16 +223,18 @@ def _inner_optimizer(optimizer):
     )
 
 
-def broadcast_variables(strategy, variables, root: int = 0) -> None:
+def broadcast_variables(strategy, variables, root: int = 0, names=None) -> None:
     """Assigns rank `root`'s values of Keras `variables` on every rank.
 
-    Collective: call on all ranks, in the same order, with the same variables.
+    Ranks whose lists differ (`names`, default the variables' paths; shapes; dtypes) all
+    raise `CollectiveMismatchError`. Collective: call on all ranks, in the same order.
     """
     variables = list(variables)
-    # Keyed by position and path: the guard compares the lists name by name.
+    names = [v.path for v in variables] if names is None else list(names)
+    # Keyed by position and name: the guard compares the lists entry by entry.
     values = {
-        f"{i:06d} {v.path}": np.array(keras.ops.convert_to_numpy(v.value))
-        for i, v in enumerate(variables)
+        f"{i:06d} {name}": np.array(keras.ops.convert_to_numpy(v.value))
+        for i, (v, name) in enumerate(zip(variables, names))
     }
     received = strategy.broadcast(values, root=root)
     if strategy.num_replicas_in_sync == 1:
