@@ -86,7 +86,10 @@ def test_one_process_step_equals_the_inner_optimizers():
     plain, wrapped = _variables(), _variables()
     keras.optimizers.Adam(0.1).apply(grads, plain)
     opt = dk.DistributedOptimizer(keras.optimizers.Adam(0.1))
+    opt.build(wrapped)
+    paths = [v.path for v in opt.variables]
     it = opt.apply_gradients(zip(grads, wrapped))
+    assert [v.path for v in opt.variables] == paths  # a step adds no tracked variable
     for a, b in zip(_values(plain), _values(wrapped)):
         np.testing.assert_array_equal(a, b)
     assert int(keras.ops.convert_to_numpy(it)) == 1

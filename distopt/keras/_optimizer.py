@@ -43,7 +43,7 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         self.inner_optimizer = inner
         self._strategy = strategy
         self._aggregator = None
-        self._names: dict[tuple, tuple] = {}
+        self._names = _NameCache()  # not a dict attribute: Keras would track its variables
 
     # -- the strategy, created on the first collective --------------------------------------
     @property
@@ -78,16 +78,14 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
     # -- stepping ---------------------------------------------------------------------------
     def _reduce(self, grads, variables):
         key = tuple(map(id, variables)) + tuple(g is None for g in grads)
-        cached = self._names.get(key)
+        cache = self._names.entries
+        cached = cache.get(key)
         if cached is None:
             present = [v for g, v in zip(grads, variables) if g is not None]
-            if len(self._names) >= 16:
-                self._names.clear()
+            if len(cache) >= 16:
+                cache.clear()
             # The variables ride along so that their ids stay theirs.
-            cached = self._names[key] = (
-                [f"{i}:{v.path}" for i, v in enumerate(present)],
-                variables,
-            )
+            cached = cache[key] = ([f"{i}:{v.path}" for i, v in enumerate(present)], variables)
         names = cached[0]
         if not names:
             return list(grads), _nothing
@@ -197,6 +195,13 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
 
 def _nothing() -> None:
     return None
+
+
+class _NameCache:
+    """Gradient names per variable list (and None pattern), kept out of Keras's tracking."""
+
+    def __init__(self):
+        self.entries: dict[tuple, tuple] = {}
 
 
 def _inner_optimizer(optimizer):
