@@ -80,7 +80,8 @@ def main() -> int:
     base = [sys.executable, "-m", "pytest", f"--timeout={TEST_TIMEOUT}", *extra]
     if not args.no_single:
         xml = REPORTS / "single.xml"
-        ok &= run([*base, "-m", "not mpi", f"--junitxml={xml}"], env, "single process")
+        marks = "not mpi and not cluster"  # cluster tests: .ci/cluster
+        ok &= run([*base, "-m", marks, f"--junitxml={xml}"], env, "single process")
     for n in [int(s) for s in args.sizes.split(",") if s]:
         cmd = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / "tests" / "_mpi_pytest.py"),
                f"--timeout={TEST_TIMEOUT}", *extra]  # fmt: skip
