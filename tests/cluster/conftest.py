@@ -91,3 +91,13 @@ def ssh_cluster(tmp_path):
         start_sshd(cluster, sshd_config(tmp_path / "ssh", keys))
         cluster.identity = keys["client"]
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def image():
+    """docker/Dockerfile's runtime image, built with podman on a debootstrap-made base."""
+    require("podman", "debootstrap", "runc")
+    from _podman import IMAGE, build
+
+    build("runtime", IMAGE)
+    return IMAGE
