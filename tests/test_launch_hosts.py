@@ -134,3 +134,12 @@ def test_recent_segments_cleanup(tmp_path):
         set(), tmp_path, new=_shm_cleanup.recent(60, tmp_path)
     )
     assert (files, size) == (1, 10) and old.exists() and other.exists() and not new.exists()
+
+
+def test_shipped_hostfile_example_reads():
+    from conftest import ROOT
+
+    example = str(ROOT / "launch" / "hostfile.example")
+    assert read_hostfile(example) == [("node001", 4), ("node002", 4)]
+    cmd = build_command(8, ["t.py"], mpiexec=EXE, vendor="mpich", hosts=HostOptions(hostfile=example))
+    assert cmd[cmd.index("-f") + 1].endswith("launch/hostfile.example")
