@@ -141,5 +141,6 @@ def test_shipped_hostfile_example_reads():
 
     example = str(ROOT / "launch" / "hostfile.example")
     assert read_hostfile(example) == [("node001", 4), ("node002", 4)]
-    cmd = build_command(8, ["t.py"], mpiexec=EXE, vendor="mpich", hosts=HostOptions(hostfile=example))
+    hosts = HostOptions(hostfile=example)
+    cmd = build_command(8, ["t.py"], mpiexec=EXE, vendor="mpich", hosts=hosts)
     assert cmd[cmd.index("-f") + 1].endswith("launch/hostfile.example")
