@@ -144,3 +144,13 @@ def test_shipped_hostfile_example_reads():
     hosts = HostOptions(hostfile=example)
     cmd = build_command(8, ["t.py"], mpiexec=EXE, vendor="mpich", hosts=hosts)
     assert cmd[cmd.index("-f") + 1].endswith("launch/hostfile.example")
+
+
+def test_reply_address_reaches_other_hosts_whenever_mpi_may_place_ranks_there():
+    from distopt.launch._remote import reply_address
+
+    assert reply_address(None, False, {}) == "127.0.0.1"
+    assert reply_address(None, True, {}) == socket.gethostname()
+    assert reply_address(None, False, {"SLURM_JOB_NUM_NODES": "2"}) == socket.gethostname()
+    assert reply_address(None, False, {"SLURM_JOB_NUM_NODES": "1"}) == "127.0.0.1"
+    assert reply_address(None, False, {"HYDRA_HOST_FILE": "/etc/mpi/hostfile"}) != "127.0.0.1"

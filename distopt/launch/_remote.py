@@ -4,6 +4,7 @@ removing the MPI shared-memory segments an aborted job left in each host's /dev/
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 import struct
 import subprocess
@@ -13,6 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from distopt.launch._hosts import HostOptions
 
 _SIOCGIFADDR = 0x8915
+# Hostfiles MPI launchers read from the environment (MPICH, Intel MPI, Open MPI, PBS).
+_HOSTFILE_ENV = ("HYDRA_HOST_FILE", "I_MPI_HYDRA_HOST_FILE", "OMPI_MCA_orte_default_hostfile",
+                 "PBS_NODEFILE")  # fmt: skip
 CLEAN_TIMEOUT = 30.0
 
 
@@ -26,12 +30,17 @@ def iface_address(iface: str) -> str:
     return socket.inet_ntoa(packed[20:24])
 
 
-def reply_address(iface: str | None, multi_host: bool) -> str:
+def reply_address(iface: str | None, multi_host: bool, environ=os.environ) -> str:
     """Where ranks reach this host: the interface's address, this host's name when ranks
-    run elsewhere (as MPI's own proxies do), else loopback."""
+    may run elsewhere (as MPI's own proxies reach it), else loopback."""
     if iface:
         return iface_address(iface)
-    return socket.gethostname() if multi_host else "127.0.0.1"
+    # Inside a multi-node allocation or with a hostfile from the environment, MPI places
+    # ranks on other hosts without -H/--hostfile.
+    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
+    elsewhere = multi_host or (nodes.isdigit() and int(nodes) > 1)
+    elsewhere = elsewhere or any(v in environ for v in _HOSTFILE_ENV)
+    return socket.gethostname() if elsewhere else "127.0.0.1"
 
 
 def _clean_one(hosts: HostOptions, host: str, max_age: float) -> str:

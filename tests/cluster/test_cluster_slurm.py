@@ -83,6 +83,18 @@ def test_slurm_sbatch_unchanged_from_another_folder(slurm, tmp_path):
     assert "weights identical on all 4 ranks: True" in log, log
 
 
+def test_ranks_on_every_node_report_within_the_start_deadline(slurm):
+    """No -H inside an allocation: the ranks on node2 must still reach the launcher."""
+    out = slurm.hosts["node1"].run(
+        ["salloc", "-N2", "--exclusive", str(VENV_BIN / "distoptrun"), "-np", "4",
+         "--start-timeout", "15", "python", "-c",
+         "import time, socket; time.sleep(25); print('done', socket.gethostname())"],
+        check=False, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sorted(out.stdout.split()[1::2]) == ["node1", "node1", "node2", "node2"], out.stdout
+
+
 def test_srun_mpi_none_trap_is_stopped_and_pmi2_runs(slurm):
     node1 = slurm.hosts["node1"]
     code = ("from distopt.distribute import MPIStrategy; s = MPIStrategy(); "
