@@ -7,9 +7,9 @@ import subprocess
 import time
 
 import pytest
-from conftest import ROOT, SSH_PORT, VENV_BIN
+from _cluster import ROOT, SSH_PORT, VENV_BIN, ssh_cluster  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 EXAMPLE = str(ROOT / "examples" / "mlp_classification.py")
 STEPS = """

@@ -8,12 +8,13 @@ import time
 
 import pytest
 import yaml
+from _cluster import image  # noqa: F401 (fixtures)
 from _hosts import Cluster
 from _podman import ROOT, TEST_IMAGE, build, podman
 
 NONROOT = "localhost/distopt-test:nonroot"
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
 
 

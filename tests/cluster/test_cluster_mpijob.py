@@ -17,11 +17,11 @@ import time
 import jsonschema
 import pytest
 import yaml
+from _cluster import ROOT, image  # noqa: F401 (fixtures)
 from _hosts import Cluster
 from _podman import podman
-from conftest import ROOT
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 HERE = os.path.dirname(__file__)
 SCHEMA = json.load(open(os.path.join(HERE, "data", "mpijob_v2beta1.schema.json")))
 MANIFEST = yaml.safe_load((ROOT / "launch" / "mpijob.yaml").read_text())

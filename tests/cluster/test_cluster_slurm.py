@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from _cluster import ROOT, VENV_BIN, require  # noqa: F401 (fixtures)
 from _hosts import Cluster
-from conftest import ROOT, VENV_BIN, require
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 SLURM_CONF = """ClusterName=distopt
 SlurmctldHost=node1

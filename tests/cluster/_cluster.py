@@ -1,4 +1,6 @@
-"""Fixtures of the `cluster` tests: namespaced hosts running sshd with keys made per test."""
+"""Fixtures of the `cluster` tests: namespaced hosts running sshd with keys made per test,
+and the image. Test modules import the fixtures they use (no conftest.py here: it would
+take the `conftest` module name from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _hosts import Cluster, can_make_namespaces, missing_tools  # noqa: E402
+from _hosts import Cluster, can_make_namespaces, missing_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -24,11 +23,6 @@ SSH_CONFIG = """Host *
     BatchMode yes
     ConnectTimeout 5
 """
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        item.add_marker(pytest.mark.cluster)
 
 
 def require(*tools: str) -> None:
