@@ -63,7 +63,8 @@ def check_strategy(strategy) -> MPIStrategy:
 class _Slot:
     """What the strategy's bucket plan and guard read of a variable: path, shape, dtype."""
 
-    __slots__ = ("path", "shape", "dtype")
+    # weakly referenced: the strategy's plan cache frees a plan once its variables are gone
+    __slots__ = ("path", "shape", "dtype", "__weakref__")
 
     def __init__(self, path: str, shape: tuple, dtype):
         self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
