@@ -8,6 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+# Keras reads its backend once, at import, from here or ~/.keras/keras.json (tensorflow when
+# neither says): the tests run distopt.keras on jax unless the run chooses another.
+os.environ.setdefault("KERAS_BACKEND", "jax")
 
 
 @pytest.fixture(autouse=True)

@@ -90,12 +90,13 @@ def main() -> int:
     if not args.no_single:
         xml = REPORTS / "single.xml"
         ignore_docs = f"--ignore-glob={ROOT / DOCS_TESTS}"
-        ok &= run([*base, "-m", "not mpi", ignore_docs, f"--junitxml={xml}"], env, "single process")
+        marks = "not mpi and not cluster"  # cluster tests: .ci/cluster
+        ok &= run([*base, "-m", marks, ignore_docs, f"--junitxml={xml}"], env, "single process")
         # The docs tests run every code block (some under mpiexec) and build the site: their
         # own run, with its own time budget.
         docs = sorted(str(p) for p in ROOT.glob(DOCS_TESTS))
         xml = REPORTS / "docs.xml"
-        ok &= run([*base, "-m", "not mpi", *docs, f"--junitxml={xml}"], env, "docs")
+        ok &= run([*base, "-m", marks, *docs, f"--junitxml={xml}"], env, "docs")
     for n in [int(s) for s in args.sizes.split(",") if s]:
         cmd = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / "tests" / "_mpi_pytest.py"),
                f"--timeout={TEST_TIMEOUT}", *extra]  # fmt: skip

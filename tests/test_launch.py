@@ -215,13 +215,17 @@ def _start_job(tmp_path, np_, script, *args):
         proc = subprocess.Popen([*cmd, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
     end = time.monotonic() + 60
     ready = {}
-    while len(ready) < np_:
-        assert proc.poll() is None and time.monotonic() < end, log.read_text()
-        time.sleep(0.1)
-        for line in log.read_text().splitlines():
-            if line.startswith("READY "):
-                _, rank, pid, *segments = line.split()
-                ready[int(rank)] = (int(pid), segments)
+    try:
+        while len(ready) < np_:
+            assert proc.poll() is None and time.monotonic() < end, log.read_text()
+            time.sleep(0.1)
+            for line in log.read_text().splitlines():
+                if line.startswith("READY "):
+                    _, rank, pid, *segments = line.split()
+                    ready[int(rank)] = (int(pid), segments)
+    except BaseException:  # a job that never got ready must not outlive the test
+        _kill(_job_processes(proc.pid))
+        raise
     return proc, log, ready
 
 

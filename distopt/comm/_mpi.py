@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from distopt.comm._base import Communicator, _check_buffer, _check_op
+from distopt.comm._launch_check import check_world_size
 from distopt.comm._side import SideChannel
 
 
@@ -27,6 +28,8 @@ class MPICommunicator(Communicator):
             raise TypeError(
                 f"Argument `comm` must be an mpi4py intracommunicator. Received: {comm!r}"
             )
+        if comm is None:
+            check_world_size(base.Get_size())
         self._comm = base.Dup() if dup is None else dup(base)
         self.rank = self._comm.Get_rank()
         self.size = self._comm.Get_size()

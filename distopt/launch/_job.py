@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from distopt.launch import _shm_cleanup
+from distopt.launch import _shm_cleanup, _startup
 from distopt.launch._procs import JobWatch
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -31,8 +31,10 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else min(returncode, 255)
 
 
-def run(cmd: list[str], env: dict, grace: float = GRACE) -> int:
-    """Runs `cmd` (an mpiexec argv) to its end; returns distoptrun's exit status."""
+def run(cmd: list[str], env: dict, grace: float = GRACE, startup=None) -> int:
+    """Runs `cmd` (an mpiexec argv) to its end; returns distoptrun's exit status. With a
+    `startup` watch, a job whose ranks have not all started by its deadline is ended as on a
+    signal (SIGTERM, then SIGKILL after `grace`) and returns `_startup.EXIT_NOT_STARTED`."""
     before = _shm_cleanup.snapshot()
     received: list[int] = []
     first = [0.0]
@@ -57,9 +59,14 @@ def run(cmd: list[str], env: dict, grace: float = GRACE) -> int:
         _forward(child, received[0])
     watch = JobWatch(proc.pid)
     killed = False
+    not_started = False
     try:
         while proc.poll() is None:
             time.sleep(0.05)
+            if startup is not None and not received and startup.overdue():
+                print(startup.missing_message(), file=sys.stderr, flush=True)
+                not_started = True
+                on_signal(signal.SIGTERM, None)
             if received and not killed and time.monotonic() - first[0] > grace:
                 watch.kill_all()
                 killed = True
@@ -72,6 +79,8 @@ def run(cmd: list[str], env: dict, grace: float = GRACE) -> int:
         _restore(previous)
         watch.stop()
         _remove_segments(watch, before)
+    if not_started:
+        return _startup.EXIT_NOT_STARTED
     return 128 + received[0] if received else exit_status(proc.returncode)
 
 

@@ -13,6 +13,8 @@ import sys
 import time
 import traceback
 
+from distopt.launch import _startup
+
 
 def _abort(code: int) -> None:
     sys.stdout.flush()
@@ -57,6 +59,7 @@ def _run(argv: list[str]) -> None:
 
 def main() -> None:
     try:
+        _startup.report()
         _run(sys.argv[1:])
     except SystemExit as e:
         code = e.code

@@ -61,13 +61,30 @@ def _in_use(directory: Path) -> set[str]:
     return used
 
 
+def recent(max_age: float, directory: Path = SHM_DIR) -> set[str]:
+    """Names of the MPI segment files in `directory` modified in the last `max_age` s."""
+    now, found = time.time(), set()
+    for name in snapshot(directory):
+        try:
+            if now - (directory / name).lstat().st_mtime <= max_age:
+                found.add(name)
+        except OSError:
+            continue
+    return found
+
+
 def remove_leftovers(
-    before: set[str], directory: Path = SHM_DIR, wait: float = 2.0, ours: set[str] | None = None
+    before: set[str],
+    directory: Path = SHM_DIR,
+    wait: float = 2.0,
+    ours: set[str] | None = None,
+    new: set[str] | None = None,
 ) -> tuple[int, int]:
-    """Removes the segments that appeared since `before` (and are in `ours`, if given) and
-    are unused; returns (files, bytes) removed. Waits up to `wait` seconds for segments
-    still mapped: mpiexec can return while the processes it killed are still exiting."""
-    new = snapshot(directory) - before
+    """Removes the segments that appeared since `before` (or the names `new`), and are in
+    `ours` if given, and are unused; returns (files, bytes) removed. Waits up to `wait`
+    seconds for segments still mapped: mpiexec can return while the processes it killed are
+    still exiting."""
+    new = snapshot(directory) - before if new is None else new
     if ours is not None:
         new &= ours
     if not new:
@@ -90,3 +107,21 @@ def remove_leftovers(
             continue
         files, size = files + 1, size + st.st_size
     return files, size
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distopt.launch._shm_cleanup --max-age S`: what distoptrun runs over ssh on
+    the other hosts of a job (their segments cannot be listed before it started)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m distopt.launch._shm_cleanup")
+    p.add_argument("--max-age", type=float, required=True, help="seconds since the job began")
+    args = p.parse_args(argv)
+    files, size = remove_leftovers(set(), new=recent(args.max_age))
+    if files:
+        print(f"removed {files} shared-memory segment(s) ({size / 2**20:.1f} MB) from {SHM_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

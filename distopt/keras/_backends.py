@@ -1,0 +1,64 @@
+"""Moving gradients between a Keras backend's tensors and distopt's numpy buckets."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def check_backend() -> str:
+    name = keras.backend.backend()
+    if name not in ("torch", "jax"):
+        raise NotImplementedError(
+            "distopt.keras runs on the 'torch' and 'jax' Keras backends; the current backend "
+            f"is {name!r}. Set the environment variable KERAS_BACKEND=jax (or torch) before "
+            "importing keras."
+        )
+    return name
+
+
+def allreduce(aggregator, names, grads):
+    """Averaged `grads` (tensors of the current backend) and a function to call once the
+    caller is done with them. Collective: call on all ranks, in the same order."""
+    if keras.backend.backend() == "torch":
+        return _torch_allreduce(aggregator, names, grads)
+    return _jax_allreduce(aggregator, names, grads), _nothing
+
+
+def _nothing() -> None:
+    return None
+
+
+def _torch_allreduce(aggregator, names, grads):
+    import torch
+
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            "DistributedOptimizer cannot run inside a torch.compile'd train step: its "
+            "all-reduce runs on numpy buffers in MPI. Compile the model with "
+            "`jit_compile=False` (the torch backend's default)."
+        )
+    on_cpu = all(g.device.type == "cpu" for g in grads)
+    arrays = [g.detach().numpy() if on_cpu else g.detach().cpu().numpy() for g in grads]
+    views = aggregator.reduce(names, arrays)
+    # Views of the buckets, no copy: valid until `release`, after the inner update.
+    if on_cpu:
+        return [torch.from_numpy(v) for v in views], aggregator.release
+    return [torch.from_numpy(v).to(g.device) for v, g in zip(views, grads)], aggregator.release
+
+
+def _jax_allreduce(aggregator, names, grads):
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import io_callback
+
+    if not any(isinstance(g, jax.core.Tracer) for g in grads):
+        arrays = [np.asarray(g) for g in grads]
+        return [jnp.asarray(a) for a in aggregator.reduce_copies(names, arrays)]
+
+    def host(*arrays):
+        return aggregator.reduce_copies(names, [np.asarray(a) for a in arrays])
+
+    shapes = [jax.ShapeDtypeStruct(g.shape, g.dtype) for g in grads]
+    # ordered: one all-reduce per step, in program order on every rank.
+    return list(io_callback(host, shapes, *grads, ordered=True))
