@@ -5,7 +5,8 @@ The messages are read from the source with `ast`: the first argument of every
 `print(..., file=sys.stderr)` in `distopt/`, and the message argument of
 `end_job(abort, code, message, leader)` (the deadline's print-and-abort). An f-string becomes a
 template of constant fragments and placeholders; names, string concatenation, `.format`, `sep.join([...])` and calls
-to functions of the same module are followed. The page must contain the template's start
+to functions of the same module (and to methods: of a class of the same module, else of the one
+class in `distopt/` that defines that name) are followed. The page must contain the template's start
 (its constant text up to `KEY_CHARS` characters, a placeholder standing for each field), so
 a message can be written there as `Argument `<name>` must be ... Received: <value>`.
 """
@@ -44,6 +45,10 @@ NOT_OURS = {
         "distopt/collectives/_deadline.py",
         "message + '\\n'",
     ): "end_job prints the message its callers pass; each is read at its end_job call",
+    (
+        "distopt/launch/_shm_cleanup.py",
+        "main()",
+    ): "exits with main()'s return status (a number); its print is an ordinary report",
 }
 
 
@@ -96,6 +101,13 @@ class _Module:
             n.name: n
             for n in self.tree.body
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        self.methods = {
+            f.name: f
+            for n in self.tree.body
+            if isinstance(n, ast.ClassDef)
+            for f in n.body
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
         }
         self.constants = {
             t.id: n.value
@@ -164,6 +176,12 @@ class _Module:
                     items = self._local(items.id, node) or items
                 if isinstance(items, ast.List | ast.Tuple) and items.elts:
                     return self.template(items.elts[0], at, depth + 1) + [FIELD]
+            found = _method(self, attr)
+            if found is not None:
+                module, func = found
+                returns = [n for n in ast.walk(func) if isinstance(n, ast.Return) and n.value]
+                if returns:
+                    return module.template(returns[-1].value, returns[-1], depth + 1)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             module, func = self, self.functions.get(node.func.id)
             if func is None and node.func.id in self.imported:
@@ -202,6 +220,19 @@ def _module(path: Path) -> _Module:
     if path not in _MODULES:
         _MODULES[path] = _Module(path)
     return _MODULES[path]
+
+
+def _method(module: _Module, name: str):
+    """(module, method) for `<object>.name()`: a method of a class of `module`, else the only
+    method of that name in distopt/ (None when there is none, or several)."""
+    if name in module.methods:
+        return module, module.methods[name]
+    found = [
+        (m, m.methods[name])
+        for m in map(_module, sorted(PACKAGE.rglob("*.py")))
+        if name in m.methods
+    ]
+    return found[0] if len(found) == 1 else None
 
 
 def _message_argument(node) -> tuple[str, ast.AST] | None:
