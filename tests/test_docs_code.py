@@ -10,6 +10,10 @@ fence can change it:
   `pip install`; CI runs the README's install commands itself).
 - any language after `<!-- docs-test: file PATH -->`: the block is a copy of (part of) the
   repository file PATH and must appear in it verbatim.
+- `bash` after `<!-- docs-test: cluster TEST -->`: commands for a real cluster (other hosts,
+  Slurm, a container engine, Kubernetes). The cluster test file TEST (run by `.ci/cluster`)
+  runs these paths; here every `distoptrun` line must pass `distoptrun --dry-run` and every
+  repository file the block names must exist.
 - `text`: program output or a message, shown, not run.
 """
 
@@ -109,6 +113,44 @@ def _file_marker(block: Block) -> str | None:
     return None
 
 
+def _cluster_marker(block: Block) -> str | None:
+    for marker in block.markers:
+        m = re.fullmatch(r"cluster (\S+)", marker)
+        if m:
+            return m.group(1)
+    return None
+
+
+CLUSTER = [b for b in ALL_BLOCKS if _cluster_marker(b)]
+REPO_PATH = re.compile(r"(?<![\w/.])((?:launch|docker|examples)/[\w./-]+)")
+
+
+@pytest.mark.parametrize("block", CLUSTER, ids=lambda b: b.id)
+def test_cluster_commands_are_valid(block, tmp_path, monkeypatch):
+    test = ROOT / _cluster_marker(block)
+    assert block.language == "bash", f"{block.id}: cluster blocks are bash"
+    assert test.is_file() and test.name.startswith("test_cluster"), (
+        f"{block.id}: the cluster test {test} that runs these commands does not exist"
+    )
+    for path in REPO_PATH.findall(block.code):
+        assert (ROOT / path).exists(), f"{block.id}: names {path}, which does not exist"
+    (tmp_path / "train.py").write_text("")
+    lines = [ln.split("#")[0].strip() for ln in block.code.splitlines()]
+    for line in [ln for ln in lines if ln.startswith("distoptrun ")]:
+        argv = line.split()
+        argv.insert(1, "--dry-run")
+        for arg in [a for a in argv if a.startswith("~/")]:  # a key file the user has
+            (tmp_path / arg[2:]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / arg[2:]).touch()
+        argv = [a.replace("~/", f"{tmp_path}/") for a in argv]
+        for i, arg in enumerate(argv[:-1]):  # `-x NAME` forwards a variable the user has set
+            if arg == "-x" and "=" not in argv[i + 1]:
+                monkeypatch.setenv(argv[i + 1], "set-by-the-user")
+        if "--iface" in argv:  # the cluster's interface name; this machine has loopback
+            argv[argv.index("--iface") + 1] = "lo"
+        _run([str(BIN / "distoptrun"), *argv[1:]], ROOT, block)
+
+
 def test_blocks_are_found():
     pages = {b.page.name for b in ALL_BLOCKS}
     assert {"README.md", "quickstart.md"} <= pages
@@ -125,7 +167,8 @@ def test_every_block_has_a_known_kind():
     )
     for b in ALL_BLOCKS:
         for marker in b.markers:
-            assert marker == "install" or _mpiexec_ranks(b) or _file_marker(b), (
+            known_marker = _mpiexec_ranks(b) or _file_marker(b) or _cluster_marker(b)
+            assert marker == "install" or known_marker, (
                 f"{b.id}: unknown marker `docs-test: {marker}`"
             )
 
@@ -147,7 +190,7 @@ def test_file_copies_match_the_repository(block):
 
 RUNNABLE = [b for b in ALL_BLOCKS
             if b.language in ("python", "bash") and "install" not in b.markers
-            and _file_marker(b) is None]  # fmt: skip
+            and _file_marker(b) is None and _cluster_marker(b) is None]  # fmt: skip
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 20)
