@@ -4,10 +4,10 @@ The messages are read from the source with `ast`: the first argument of every
 `raise X(...)`, `warnings.warn(...)`, `sys.stderr.write(...)`, `write_uncaptured(...)` and
 `print(..., file=sys.stderr)` in `distopt/`, and the message argument of
 `end_job(abort, code, message, leader)` (the deadline's print-and-abort). An f-string becomes a
-template of constant fragments and placeholders; names, string concatenation, `.format`, `sep.join([...])` and calls
-to functions of the same module (and to methods: of a class of the same module, else of the one
-class in `distopt/` that defines that name) are followed. The page must contain the template's start
-(its constant text up to `KEY_CHARS` characters, a placeholder standing for each field), so
+template of constant fragments and placeholders; names, string concatenation, `.format`,
+`sep.join([...])` and calls to functions of the same module (and to methods: of a class of the
+same module, else of the one class in `distopt/` that defines that name) are followed. The page
+must contain the template's start (its constant text up to `KEY_CHARS` characters, a placeholder standing for each field), so
 a message can be written there as `Argument `<name>` must be ... Received: <value>`.
 """
 
