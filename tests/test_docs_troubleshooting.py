@@ -7,8 +7,9 @@ The messages are read from the source with `ast`: the first argument of every
 template of constant fragments and placeholders; names, string concatenation, `.format`,
 `sep.join([...])` and calls to functions of the same module (and to methods: of a class of the
 same module, else of the one class in `distopt/` that defines that name) are followed. The page
-must contain the template's start (its constant text up to `KEY_CHARS` characters, a placeholder standing for each field), so
-a message can be written there as `Argument `<name>` must be ... Received: <value>`.
+must contain the template's start (its constant text up to `KEY_CHARS` characters, a
+placeholder standing for each field), so a message can be written there as
+`Argument `<name>` must be ... Received: <value>`.
 """
 
 from __future__ import annotations
