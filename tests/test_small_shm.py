@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _mpi_jobs import mapped_segments, run_job
+from _mpi_jobs import run_job
 
 from distopt.launch import _shm_cleanup
 
@@ -102,7 +102,7 @@ def test_an_aborted_job_leaves_no_segment_and_others_stay(tmp_path):
         decoy.unlink()
 
 
-def test_mapped_segments_reads_this_process_maps(tmp_path):
+def test_mapped_reads_this_process_maps(tmp_path):
     import mmap
 
     name = f"mpich_shm_probe_{os.getpid()}_0"
@@ -112,6 +112,6 @@ def test_mapped_segments_reads_this_process_maps(tmp_path):
     path.write_bytes(b"\0" * 4096)
     try:
         with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096):
-            assert name in mapped_segments([os.getpid()])
+            assert name in _shm_cleanup.mapped(os.getpid())
     finally:
         path.unlink()
