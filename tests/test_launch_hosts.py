@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import run_distoptrun
 
-from distopt.launch import _shm_cleanup, _startup, build_command
+from distopt.launch import _job, _shm_cleanup, _startup, build_command
 from distopt.launch._hosts import HostOptions, parse_env, parse_hosts, placement, read_hostfile
 
 EXE = "/x/mpiexec"
@@ -78,25 +78,23 @@ def test_bad_options_are_clear_errors_and_run_nothing(argv, message, tmp_path):
     assert not marker.exists()
 
 
-def test_start_up_deadline_names_the_missing_hosts():
+def test_start_up_deadline_names_the_missing_hosts(capsys):
     """A watch with no rank reporting: the job (here a sleeping process) is ended in time."""
-    import subprocess
-
     watch = _startup.StartupWatch(3, 1.0, "127.0.0.1", ["n1", "n2", "n2"])
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         start = time.monotonic()
         with socket.create_connection(("127.0.0.1", int(watch.address.split(":")[1]))) as c:
             c.sendall(f"{watch.token} 0 n1\n".encode())
-        code = watch.wait(proc)
-        assert code == _startup.EXIT_NOT_STARTED and proc.poll() is not None
+        sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+        code = _job.run(sleeper, dict(os.environ), grace=2.0, startup=watch)
+        assert code == _startup.EXIT_NOT_STARTED
         assert time.monotonic() - start < 15
         message = watch.missing_message()
+        assert message in capsys.readouterr().err
         assert "2 of 3 ranks did not start within 1 s" in message
         assert "n2 (ranks 1, 2)" in message and "Ranks started on: n1" in message
     finally:
         watch.close()
-        proc.kill()
 
 
 def test_start_up_report_ignores_wrong_tokens(monkeypatch):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -83,31 +81,9 @@ class StartupWatch:
         """True once the deadline has passed with some rank not yet reported."""
         return not self._all.is_set() and time.monotonic() > self._deadline
 
-    def wait(self, proc: subprocess.Popen) -> int | None:
-        """Blocks until every rank reported (None), or the job ended or missed the deadline
-        (then the job is ended and its exit status returned)."""
-        while not self._all.wait(0.1):
-            if proc.poll() is not None:
-                return proc.returncode
-            if self.overdue():
-                print(self.missing_message(), file=sys.stderr, flush=True)
-                end(proc)
-                return EXIT_NOT_STARTED
-        return None
-
     def close(self) -> None:
         self._closed = True
         self._server.close()
-
-
-def end(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stops mpiexec (which stops its proxies and ranks), then kills it if it lingers."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def report() -> None:
