@@ -5,6 +5,12 @@ every other rank of `COMM_WORLD` one 8-byte message (up to `MAX_NOTICES` ranks, 
 collective uses) before `MPI_Finalize`. A rank creating an `MPIStrategy` polls for these, so a
 peer that ended before creating its own is named within a second, not at the deadline. Once a
 strategy exists, its watchdog learns of exits on the strategy's own side channel instead.
+
+After its notice, an exiting rank waits (`linger`) until every other rank has sent its own, or
+`EXIT_LINGER` s have passed, before `MPI_Finalize`. A peer that was waiting for it aborts the job
+meanwhile: Hydra then kills this rank before it finalized, which keeps the abort's exit code. A
+rank killed between `MPI_Finalize` and its exit would turn the job's status into "Killed (signal 9)"
+(Hydra ORs the ranks' statuses), hiding the abort's code and message.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ import numpy as np
 
 TAG_EXITED = 0x7D154
 MAX_NOTICES = 64  # beyond this, N^2 notices cost more than naming the rank is worth
+# Covers a waiting peer's detection (its watchdog ticks at most every second), its 0.5 s output
+# grace and the abort's delivery on a loaded machine; only a rank whose peers go on working
+# without a collective for longer than this waits it out in full.
+EXIT_LINGER = 10.0
 # Set for each rank by MPICH/Intel's Hydra (and srun --mpi=pmi2) and by Open MPI. Not
 # SLURM_NTASKS: a batch script's own processes have it too, and are no rank.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -45,6 +55,23 @@ def announce_exit(world, timeout: float = 0.5) -> None:
     while requests and time.monotonic() < end:
         requests = [r for r in requests if not r.Test()]
         time.sleep(0.001)
+
+
+def linger(world, timeout: float = EXIT_LINGER) -> bool:
+    """After `announce_exit`: waits until every other rank of `world` has announced its exit too,
+    at most `timeout` s. True when all have. Receives their notices, so none is left unreceived
+    at `MPI_Finalize`."""
+    size, rank = world.Get_size(), world.Get_rank()
+    if not 1 < size <= MAX_NOTICES:
+        return True
+    others = set(range(size)) - {rank}
+    end = time.monotonic() + timeout
+    while True:
+        if others <= exited_ranks(world):
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.01)
 
 
 def exited_ranks(world) -> set[int]:

@@ -84,6 +84,7 @@ def _announce_exit() -> None:
 
         if MPI.Is_initialized() and not MPI.Is_finalized():
             _departure.announce_exit(MPI.COMM_WORLD)
+            _departure.linger(MPI.COMM_WORLD)
     except Exception:  # noqa: BLE001, S110 - exiting anyway; a missing notice costs the deadline
         pass
 
