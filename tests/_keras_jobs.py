@@ -41,7 +41,9 @@ def run(backend: str, ranks: int, *args, timeout: float = JOB_TIMEOUT):
     env["DISTOPT_COLLECTIVE_TIMEOUT"] = str(DEADLINE)
     cmd = [sys.executable, str(WORKER), *map(str, args)]
     if ranks:
-        cmd = [mpiexec(), "-n", str(ranks), *cmd]
+        # Hydra's per-rank statuses: its own exit status ORs them, so one rank killed by a
+        # signal hides which rank failed and how.
+        cmd = [mpiexec(), "-print-all-exitcodes", "-n", str(ranks), *cmd]
     start = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     proc.elapsed = time.monotonic() - start
