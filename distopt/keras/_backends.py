@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 
@@ -17,6 +19,25 @@ def check_backend() -> str:
             "torch, or tensorflow) before importing keras."
         )
     return name
+
+
+def check_step() -> None:
+    """Raises, before anything changes, when the step is being compiled in a way the
+    host-side all-reduce cannot join (XLA under tensorflow)."""
+    if keras.backend.backend() == "tensorflow":
+        from distopt.keras import _tensorflow
+
+        _tensorflow.check_not_xla()
+
+
+def eager_scope():
+    """Where `build` runs: eagerly, even while `tf.function` traces the first step (its
+    broadcast reads and assigns variable values)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.init_scope()
+    return contextlib.nullcontext()
 
 
 def allreduce(aggregator, names, grads):

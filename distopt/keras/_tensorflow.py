@@ -21,11 +21,12 @@ XLA_ERROR = (
 )
 
 
-def in_xla_context() -> bool:
-    """Whether the graph being traced is compiled by XLA (`jit_compile=True`)."""
+def check_not_xla() -> None:
+    """Raises RuntimeError if the graph being traced is compiled by XLA (`jit_compile=True`)."""
     if tf.executing_eagerly():
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
+        return
+    if control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()):
+        raise RuntimeError(XLA_ERROR)
 
 
 def allreduce(aggregator, names, grads) -> list:
@@ -35,8 +36,7 @@ def allreduce(aggregator, names, grads) -> list:
     Python error before any rank enters the collective. Collective: call on all ranks, in
     the same order.
     """
-    if in_xla_context():
-        raise RuntimeError(XLA_ERROR)
+    check_not_xla()
     # Sparse gradients (embeddings) are averaged dense, as Horovod's sparse_as_dense.
     dense = [tf.convert_to_tensor(g) for g in grads]
     aggregator.check_dtypes(names, [np.dtype(g.dtype.as_numpy_dtype) for g in dense])
