@@ -9,7 +9,7 @@ from _keras_subprocess import run_keras
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("keras", "tensorflow")),
-    reason="needs keras and tensorflow (pip install tensorflow-cpu)",
+    reason='needs keras and tensorflow (pip install ".[tensorflow]")',
 )
 
 XLA_SCRIPT = """
