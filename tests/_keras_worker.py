@@ -9,6 +9,7 @@ Results go to OUT_DIR/<name>-rank<r>.npz; messages the tests read are printed.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -18,6 +19,7 @@ import distopt.keras as dk
 from distopt.distribute import CollectiveMismatchError
 
 FEATURES, CLASSES = 10, 8
+STALL_SECONDS = 600
 
 
 def make_data(n: int, dtype: str, seed: int = 0):
@@ -148,6 +150,28 @@ def scenario_raise(out: Path) -> None:
     x, y = make_data(8 * dk.size() * 20, "float32")
     model = make_model("float32")
     fit(model, x, y, 8 * dk.size(), callbacks=[_RaiseAt()])
+    print("NOT-REACHED", flush=True)
+
+
+class _StallAt(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        if dk.rank() == 1 and batch == 3:
+            time.sleep(STALL_SECONDS)
+
+
+def scenario_stall(out: Path, deadline: str) -> None:
+    """Rank 1 stalls between steps while the others wait in the step's all-reduce: the
+    collective deadline must end the job."""
+    from distopt.distribute import MPIStrategy, ReduceOp
+
+    strategy = MPIStrategy(gradient_reduce_op=ReduceOp.MEAN, collective_timeout=float(deadline))
+    model = make_model("float32")
+    model.compile(loss="categorical_crossentropy",
+                  optimizer=dk.DistributedOptimizer("adam", strategy=strategy))  # fmt: skip
+    # Built here, eagerly and right after the strategy: only the stall outlasts the deadline.
+    model.optimizer.build(model.trainable_variables)
+    x, y = make_data(8 * 20, "float32")
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[_StallAt()])
     print("NOT-REACHED", flush=True)
 
 

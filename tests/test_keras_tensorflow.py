@@ -123,3 +123,14 @@ def test_two_optimizers_in_one_step_and_steps_per_execution(ranks, tmp_path):
         one, four = (jobs.load(tmp_path, f"per-call-{k}", rank) for k in (1, 4))
         for key in one:
             assert one[key].tobytes() == four[key].tobytes(), (rank, key)
+
+
+@pytest.mark.timeout(600)
+def test_deadline_ends_a_job_whose_rank_stalls_outside_the_graph(tmp_path):
+    deadline = 30
+    proc = jobs.run("tensorflow", 2, "stall", tmp_path, deadline, timeout=500)
+    assert proc.returncode != 0
+    assert f"did not complete within collective_timeout={deadline} s" in proc.stderr, proc.stderr
+    assert "rank 1: running outside distopt collectives" in proc.stderr, proc.stderr
+    assert "NOT-REACHED" not in proc.stdout
+    assert proc.elapsed < 300, "the job ended when the stall did, not at the deadline"
