@@ -44,6 +44,9 @@ model.compile(loss="mse", optimizer=dk.DistributedOptimizer("adam"))  # the defa
 model.fit(x, y, batch_size=4, verbose=0)
 out["default_jit_compile"] = bool(model.jit_compile)
 out["default_steps"] = int(model.optimizer.iterations.numpy())
+model.compile(loss="mse", optimizer=dk.DistributedOptimizer("adam"), run_eagerly=True)
+model.fit(x, y, batch_size=4, verbose=0)
+out["eager_steps"] = int(model.optimizer.iterations.numpy())
 print(json.dumps(out))
 """
 
@@ -56,6 +59,7 @@ def test_xla_step_raises_what_to_change_and_changes_nothing():
         assert "`jit_compile=False`" in out[key]
     assert out["fit_same"] and out["loop_same"] and not out["fit_built"]
     assert out["default_jit_compile"] is False and out["default_steps"] == 2
+    assert out["eager_steps"] == 2
 
 
 GRAPH_SCRIPT = """
