@@ -79,6 +79,10 @@ except TypeError as e:
     out["dtype_error"] = str(e)
 out["dtype_same"] = v.numpy().tolist() == [1.0, 1.0, 1.0]
 out["dtype_iterations"] = int(opt.iterations.numpy())
+try:
+    opt.stateless_apply([w.value for w in opt.variables], [tf.ones(3)], [v.value])
+except ValueError as e:
+    out["stateless_error"] = str(e)
 
 def train(wrap):
     keras.utils.set_random_seed(0)
@@ -112,6 +116,7 @@ def test_all_reduce_is_in_the_graph_and_sparse_gradients_are_averaged_dense():
     out = run_keras(GRAPH_SCRIPT, backend="tensorflow")
     assert "The gradient of `0:w` has dtype int32" in out["dtype_error"]
     assert out["dtype_same"] and out["dtype_iterations"] == 0
+    assert "`stateless_apply` is not supported on the TensorFlow backend" in out["stateless_error"]
     assert "IndexedSlices" in out["kinds"]
     assert out["in_graph"] and not out["plain_in_graph"]
     assert out["wrapped"] == out["dense"]  # one process: the inner update of the dense gradient

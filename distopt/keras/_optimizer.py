@@ -136,6 +136,12 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             release()
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        if keras.backend.backend() == "tensorflow":
+            raise ValueError(
+                "`stateless_apply` is not supported on the TensorFlow backend (Keras's "
+                "TensorFlow optimizers lack it): call `optimizer.apply_gradients(zip(grads, "
+                "model.trainable_weights))`, inside a `tf.function` for speed."
+            )
         if not self.built:
             raise ValueError(
                 "To call `stateless_apply`, DistributedOptimizer must be built: call "
