@@ -2,10 +2,13 @@
 
     KERAS_BACKEND=torch distoptrun -np 2 examples/keras_custom_loop.py
     KERAS_BACKEND=jax   distoptrun -np 2 examples/keras_custom_loop.py
+    KERAS_BACKEND=tensorflow distoptrun -np 2 examples/keras_custom_loop.py
 
 torch: `loss.backward()`, then `optimizer.apply_gradients(zip(grads,
 model.trainable_weights))`. jax: a jit-compiled step around `model.stateless_call` and
-`optimizer.stateless_apply` (the all-reduce runs inside the compiled step). Either way
+`optimizer.stateless_apply` (the all-reduce runs inside the compiled step). tensorflow: a
+`tf.function` step with `tf.GradientTape`, then `apply_gradients` (the all-reduce runs
+inside the graph). Either way
 `DistributedOptimizer` averages the gradients across ranks before Adam's update, and
 `optimizer.build(...)` starts every rank from rank 0's weights.
 """
@@ -92,6 +95,26 @@ def train_jax(model, optimizer, loss_fn, x, y, args):
     return float(loss)
 
 
+def train_tensorflow(model, optimizer, loss_fn, x, y, args):
+    import tensorflow as tf
+
+    @tf.function  # not jit_compile=True: XLA cannot compile the all-reduce
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_weights)
+        optimizer.apply_gradients(zip(grads, model.trainable_weights))
+        return loss
+
+    for _ in range(args.epochs):
+        for xb, yb in batches(x, y, args.batch_size):
+            loss = step(tf.constant(xb), tf.constant(yb))
+    return float(loss)
+
+
+TRAIN = {"torch": train_torch, "jax": train_jax, "tensorflow": train_tensorflow}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=3)
@@ -106,8 +129,7 @@ def main() -> None:
     loss_fn = keras.losses.CategoricalCrossentropy()
     x, y = make_data(args.samples)
     x, y = dk.shard_arrays(x, y, batch_size=args.batch_size)
-    train = train_torch if keras.backend.backend() == "torch" else train_jax
-    loss = train(model, optimizer, loss_fn, x, y, args)
+    loss = TRAIN[keras.backend.backend()](model, optimizer, loss_fn, x, y, args)
     digest = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
     steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
     print(

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "_keras_worker.py"
-BACKENDS = ("torch", "jax")
+BACKENDS = ("torch", "jax", "tensorflow")
 DEADLINE = 90  # seconds: the collective deadline inside the jobs
 JOB_TIMEOUT = 240
 

@@ -9,6 +9,7 @@ Results go to OUT_DIR/<name>-rank<r>.npz; messages the tests read are printed.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -18,6 +19,7 @@ import distopt.keras as dk
 from distopt.distribute import CollectiveMismatchError
 
 FEATURES, CLASSES = 10, 8
+STALL_SECONDS = 600
 
 
 def make_data(n: int, dtype: str, seed: int = 0):
@@ -149,6 +151,66 @@ def scenario_raise(out: Path) -> None:
     model = make_model("float32")
     fit(model, x, y, 8 * dk.size(), callbacks=[_RaiseAt()])
     print("NOT-REACHED", flush=True)
+
+
+class _StallAt(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        if dk.rank() == 1 and batch == 3:
+            time.sleep(STALL_SECONDS)
+
+
+def scenario_stall(out: Path, deadline: str) -> None:
+    """Rank 1 stalls between steps while the others wait in the step's all-reduce: the
+    collective deadline must end the job."""
+    from distopt.distribute import MPIStrategy, ReduceOp
+
+    strategy = MPIStrategy(gradient_reduce_op=ReduceOp.MEAN, collective_timeout=float(deadline))
+    model = make_model("float32")
+    model.compile(loss="categorical_crossentropy",
+                  optimizer=dk.DistributedOptimizer("adam", strategy=strategy))  # fmt: skip
+    # Built here, eagerly and right after the strategy: only the stall outlasts the deadline.
+    model.optimizer.build(model.trainable_variables)
+    x, y = make_data(8 * 20, "float32")
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[_StallAt()])
+    print("NOT-REACHED", flush=True)
+
+
+def scenario_tf_graph(out: Path) -> None:
+    """TensorFlow: two optimizers in one `tf.function` step, rank-dependent gradients; then
+    `fit` with `steps_per_execution=4` (steps inside a `tf.while_loop`) against 1."""
+    import tensorflow as tf
+
+    rank, n = dk.rank(), dk.size()
+    first, second = (
+        keras.Variable(np.zeros(3), name="first"),
+        keras.Variable(np.zeros(2), name="second"),
+    )
+    opt_a = dk.DistributedOptimizer(keras.optimizers.SGD(1.0), name="a")
+    opt_b = dk.DistributedOptimizer(keras.optimizers.SGD(1.0), name="b")
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = (rank + 1) * tf.reduce_sum(first) + 10.0 * (rank + 1) * tf.reduce_sum(second)
+        grad_first, grad_second = tape.gradient(loss, [first, second])
+        opt_a.apply_gradients([(grad_first, first)])
+        opt_b.apply_gradients([(grad_second, second)])
+
+    for _ in range(5):
+        step()
+    mean = (n + 1) / 2  # of rank + 1 over the ranks
+    np.testing.assert_array_equal(first.numpy(), np.full(3, -5 * mean, "float32"))
+    np.testing.assert_array_equal(second.numpy(), np.full(2, -50 * mean, "float32"))
+    assert int(opt_a.iterations.numpy()) == int(opt_b.iterations.numpy()) == 5
+    x, y = make_data(12 * n * 8, "float32")
+    for per_call in (1, 4):
+        model = make_model("float32")
+        model.compile(loss="categorical_crossentropy", steps_per_execution=per_call,
+                      optimizer=dk.DistributedOptimizer(keras.optimizers.Adam(0.01)))  # fmt: skip
+        fit(model, x, y, 12 * n)
+        assert int(model.optimizer.iterations.numpy()) == 8
+        save(out, f"per-call-{per_call}", model)
+    print(f"TF-GRAPH-DONE rank {rank}", flush=True)
 
 
 if __name__ == "__main__":

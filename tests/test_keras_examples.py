@@ -20,7 +20,13 @@ def _digests(stdout: str) -> dict:
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize(
     "script, backend",
-    [("keras_fit.py", "jax"), ("keras_custom_loop.py", "torch"), ("keras_custom_loop.py", "jax")],
+    [
+        ("keras_fit.py", "jax"),
+        ("keras_fit.py", "tensorflow"),
+        ("keras_custom_loop.py", "torch"),
+        ("keras_custom_loop.py", "jax"),
+        ("keras_custom_loop.py", "tensorflow"),
+    ],
 )
 def test_example_trains_identically_on_two_ranks(script, backend):
     for module in ("keras", backend):

@@ -1,4 +1,4 @@
-"""Keras `fit` data-parallel under a real mpiexec, torch and jax backends.
+"""Keras `fit` data-parallel under a real mpiexec, torch, jax and tensorflow backends.
 
 Each world size trains on the same global batches; N ranks must match one process, hold
 bitwise identical weights, and save/load/continue as an uninterrupted run.
@@ -11,7 +11,11 @@ import pytest
 GLOBAL_BATCH, STEPS = 12, 20
 # Keras 3.15's torch backend averages float64 losses with float32 factors (`ops.mean`,
 # `divide_no_nan`) inside the model's backward pass, so float64 is compared on jax only.
-DTYPES = {"torch": ("float32",), "jax": ("float32", "float64")}
+DTYPES = {
+    "torch": ("float32",),
+    "jax": ("float32", "float64"),
+    "tensorflow": ("float32", "float64"),
+}
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 
 

@@ -1,5 +1,5 @@
 """The mistakes a Keras user makes under mpiexec end in an error on every rank, never a hang:
-different models, unequal data, a rank raising mid-epoch (torch and jax backends)."""
+different models, unequal data, a rank raising mid-epoch (torch, jax and tensorflow backends)."""
 
 import _keras_jobs as jobs
 import numpy as np

@@ -9,8 +9,10 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 pytest.importorskip("keras")
-if os.environ["KERAS_BACKEND"] not in ("jax", "torch"):
-    pytest.skip("distopt.keras runs on the jax and torch backends", allow_module_level=True)
+if os.environ["KERAS_BACKEND"] not in ("jax", "torch", "tensorflow"):
+    pytest.skip(
+        "distopt.keras runs on the jax, torch and tensorflow backends", allow_module_level=True
+    )
 pytest.importorskip(os.environ["KERAS_BACKEND"])
 
 import keras  # noqa: E402

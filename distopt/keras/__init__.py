@@ -1,4 +1,4 @@
-"""Data-parallel training of Keras 3 models (torch or jax backend) over MPI.
+"""Data-parallel training of Keras 3 models (torch, jax or tensorflow backend) over MPI.
 
 `DistributedOptimizer(keras_optimizer)` averages the gradients across ranks before the
 wrapped optimizer's update; the callbacks broadcast rank 0's state and average metrics;

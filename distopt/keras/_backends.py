@@ -2,26 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
+
+from distopt.keras._runtime import SUPPORTED_BACKENDS
 
 
 def check_backend() -> str:
     name = keras.backend.backend()
-    if name not in ("torch", "jax"):
+    if name not in SUPPORTED_BACKENDS:
         raise NotImplementedError(
-            "distopt.keras runs on the 'torch' and 'jax' Keras backends; the current backend "
-            f"is {name!r}. Set the environment variable KERAS_BACKEND=jax (or torch) before "
-            "importing keras."
+            "distopt.keras runs on the 'torch', 'jax' and 'tensorflow' Keras backends; the "
+            f"current backend is {name!r}. Set the environment variable KERAS_BACKEND=jax (or "
+            "torch, or tensorflow) before importing keras."
         )
     return name
+
+
+def check_step() -> None:
+    """Raises, before anything changes, when the step is being compiled in a way the
+    host-side all-reduce cannot join (XLA under tensorflow)."""
+    if keras.backend.backend() == "tensorflow":
+        from distopt.keras import _tensorflow
+
+        _tensorflow.check_not_xla()
+
+
+def eager_scope():
+    """Where `build` runs: eagerly, even while `tf.function` traces the first step (its
+    broadcast reads and assigns variable values)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.init_scope()
+    return contextlib.nullcontext()
 
 
 def allreduce(aggregator, names, grads):
     """Averaged `grads` (tensors of the current backend) and a function to call once the
     caller is done with them. Collective: call on all ranks, in the same order."""
-    if keras.backend.backend() == "torch":
+    backend = keras.backend.backend()
+    if backend == "torch":
         return _torch_allreduce(aggregator, names, grads)
+    if backend == "tensorflow":
+        from distopt.keras import _tensorflow
+
+        return _tensorflow.allreduce(aggregator, names, grads), _nothing
     return _jax_allreduce(aggregator, names, grads), _nothing
 
 

@@ -66,14 +66,16 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
 
         Collective: call on all ranks, in the same order, with the same variables.
         """
-        self.inner_optimizer.build(var_list)
-        super().build(var_list)
-        var_list = list(var_list)
-        state = self.inner_optimizer.variables
-        # The optimizer's own name counts optimizers made in this process: its state is
-        # compared by position, shape and dtype, the model's variables by path too.
-        names = [v.path for v in var_list] + [f"optimizer variable {i}" for i in range(len(state))]
-        broadcast_variables(self.strategy, var_list + state, 0, names)
+        with _backends.eager_scope():
+            self.inner_optimizer.build(var_list)
+            super().build(var_list)
+            var_list = list(var_list)
+            state = self.inner_optimizer.variables
+            # The optimizer's own name counts optimizers made in this process: its state is
+            # compared by position, shape and dtype, the model's variables by path too.
+            names = [v.path for v in var_list]
+            names += [f"optimizer variable {i}" for i in range(len(state))]
+            broadcast_variables(self.strategy, var_list + state, 0, names)
 
     # -- stepping ---------------------------------------------------------------------------
     def _reduce(self, grads, variables):
@@ -109,6 +111,7 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
         grads = list(grads)
         if trainable_variables is not None:
             trainable_variables = list(trainable_variables)
+        _backends.check_step()
         if not self.built:
             if trainable_variables is None:
                 raise ValueError(
@@ -133,6 +136,12 @@ class DistributedOptimizer(keras.optimizers.Optimizer):
             release()
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        if keras.backend.backend() == "tensorflow":
+            raise ValueError(
+                "`stateless_apply` is not supported on the TensorFlow backend (Keras's "
+                "TensorFlow optimizers lack it): call `optimizer.apply_gradients(zip(grads, "
+                "model.trainable_weights))`, inside a `tf.function` for speed."
+            )
         if not self.built:
             raise ValueError(
                 "To call `stateless_apply`, DistributedOptimizer must be built: call "

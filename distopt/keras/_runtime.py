@@ -15,7 +15,7 @@ from distopt.distribute import MPIStrategy, ReduceOp
 
 _LOCK = threading.Lock()
 _STRATEGY: list = []
-SUPPORTED_BACKENDS = ("torch", "jax")
+SUPPORTED_BACKENDS = ("torch", "jax", "tensorflow")
 _DTYPES = ("float16", "float32", "float64")
 
 
@@ -81,17 +81,22 @@ class GradientAggregator:
         key = tuple((n, a.shape, a.dtype.str) for n, a in zip(names, arrays))
         held = self._slots.get(key)
         if held is None:
-            for name, a in zip(names, arrays):
-                if a.dtype.name not in _DTYPES:
-                    raise TypeError(
-                        f"DistributedOptimizer all-reduces {', '.join(_DTYPES)} gradients. "
-                        f"The gradient of `{name}` has dtype {a.dtype.name}: use a float32 "
-                        "(or mixed_float16) dtype policy for trainable variables."
-                    )
+            self.check_dtypes(names, [a.dtype for a in arrays])
             if len(self._slots) >= 16:
                 self._slots.clear()
             held = self._slots[key] = tuple(_Slot(n, s, d) for n, s, d in key)
         return held
+
+    @staticmethod
+    def check_dtypes(names, dtypes) -> None:
+        """Raises TypeError naming the first gradient whose dtype cannot be all-reduced."""
+        for name, dtype in zip(names, dtypes):
+            if np.dtype(dtype).name not in _DTYPES:
+                raise TypeError(
+                    f"DistributedOptimizer all-reduces {', '.join(_DTYPES)} gradients. "
+                    f"The gradient of `{name}` has dtype {np.dtype(dtype).name}: use a float32 "
+                    "(or mixed_float16) dtype policy for trainable variables."
+                )
 
     def reduce(self, names, arrays):
         """Views of the averaged gradients, valid until `release()`.
