@@ -152,3 +152,28 @@ def test_reply_address_reaches_other_hosts_whenever_mpi_may_place_ranks_there():
     assert reply_address(None, False, {"SLURM_JOB_NUM_NODES": "2"}) == socket.gethostname()
     assert reply_address(None, False, {"SLURM_JOB_NUM_NODES": "1"}) == "127.0.0.1"
     assert reply_address(None, False, {"HYDRA_HOST_FILE": "/etc/mpi/hostfile"}) != "127.0.0.1"
+
+
+def test_slurm_allocations_are_cleaned_on_every_node_by_an_srun_step():
+    from distopt.launch._remote import slurm_clean_command
+
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "3"}
+    cmd = slurm_clean_command(HostOptions(), 100.0, env)
+    assert cmd[:4] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1"]
+    assert "--overlap" in cmd and "--mpi=none" in cmd
+    at = cmd.index("distopt.launch._shm_cleanup")
+    assert cmd[at - 2 : at] == [sys.executable, "-m"]
+    assert cmd[at + 1 :] == ["--max-age", "160", "--name-host"]
+    # one node (the ranks were this host's), no allocation, or hosts MPI reaches by ssh
+    assert slurm_clean_command(HostOptions(), 1.0, {**env, "SLURM_JOB_NUM_NODES": "1"}) is None
+    assert slurm_clean_command(HostOptions(), 1.0, {"SLURM_JOB_NUM_NODES": "3"}) is None
+    assert slurm_clean_command(HostOptions(hosts="a:1,b:1"), 1.0, env) is None
+
+
+def test_cleanup_names_its_host_when_asked(tmp_path, monkeypatch, capsys):
+    segment = tmp_path / "mpich_shm_left"
+    segment.write_bytes(b"x" * 4096)
+    monkeypatch.setattr(_shm_cleanup, "SHM_DIR", tmp_path)
+    assert _shm_cleanup.main(["--max-age", "60", "--name-host"]) == 0
+    assert not segment.exists()
+    assert capsys.readouterr().out.startswith(f"{socket.gethostname()}: removed 1 ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -43,8 +44,12 @@ def reply_address(iface: str | None, multi_host: bool, environ=os.environ) -> st
     return socket.gethostname() if elsewhere else "127.0.0.1"
 
 
+def _clean_command(max_age: float) -> list[str]:
+    return [sys.executable, "-m", "distopt.launch._shm_cleanup", "--max-age", str(int(max_age))]
+
+
 def _clean_one(hosts: HostOptions, host: str, max_age: float) -> str:
-    clean = [sys.executable, "-m", "distopt.launch._shm_cleanup", "--max-age", str(int(max_age))]
+    clean = _clean_command(max_age)
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *hosts.ssh_args(), host, *clean]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=CLEAN_TIMEOUT)
@@ -55,9 +60,50 @@ def _clean_one(hosts: HostOptions, host: str, max_age: float) -> str:
     return f"{host}: {out.stdout.strip()}" if out.stdout.strip() else ""
 
 
+def slurm_clean_command(hosts: HostOptions, elapsed: float, environ=os.environ):
+    """The srun step that cleans every node of the Slurm allocation this job ran in, or None
+    when MPI placed no rank through Slurm (-H/--hostfile given, or a single node)."""
+    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
+    if hosts.host_list() or not environ.get("SLURM_JOB_ID") or not nodes.isdigit():
+        return None
+    if int(nodes) < 2:
+        return None  # one node: the ranks were this host's, cleaned by _job
+    # --overlap: the job step's last processes may still hold the allocation's CPUs;
+    # --mpi=none: the cleanup is no MPI program, whatever the cluster's MpiDefault.
+    return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+            "--overlap", "--mpi=none", "--kill-on-bad-exit=0", "--quiet",
+            *_clean_command(elapsed + 60), "--name-host"]  # fmt: skip
+
+
+def _clean_slurm_nodes(cmd: list[str]) -> None:
+    # Under Slurm, hydra starts the ranks through srun: they are slurmstepd's children on
+    # every node (this one too), so _job never saw them and only a step per node cleans up.
+    if shutil.which("srun") is None:
+        print("distoptrun: srun not found: segments on the allocation's nodes not cleaned.",
+              file=sys.stderr)  # fmt: skip
+        return
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=CLEAN_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"distoptrun: Slurm nodes not cleaned ({type(e).__name__})", file=sys.stderr)
+        return
+    if out.returncode != 0:
+        err = out.stderr.strip()[-200:]
+        print(f"distoptrun: Slurm nodes not cleaned (srun exit {out.returncode}: {err})",
+              file=sys.stderr)  # fmt: skip
+    for line in out.stdout.splitlines():
+        if line.strip():
+            print(f"distoptrun: {line.strip()}", file=sys.stderr)
+
+
 def clean_hosts(hosts: HostOptions, elapsed: float) -> None:
-    """Removes, on every other host of the job, the unused MPI segments of ours that
-    appeared during the job (`elapsed` seconds, plus a margin); prints what it did."""
+    """Removes, on every other host of the job (every node of its Slurm allocation), the
+    unused MPI segments of ours that appeared during the job (`elapsed` seconds, plus a
+    margin); prints what it did."""
+    slurm = slurm_clean_command(hosts, elapsed)
+    if slurm is not None:
+        _clean_slurm_nodes(slurm)
+        return
     remote = hosts.remote_hosts()
     if not remote:
         return

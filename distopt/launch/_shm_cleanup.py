@@ -13,6 +13,7 @@ removed: another job's files look just as unused from a separate PID namespace s
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -111,15 +112,19 @@ def remove_leftovers(
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m distopt.launch._shm_cleanup --max-age S`: what distoptrun runs over ssh on
-    the other hosts of a job (their segments cannot be listed before it started)."""
+    the other hosts of a job, or srun on every node of its Slurm allocation (their segments
+    cannot be listed before it started)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m distopt.launch._shm_cleanup")
     p.add_argument("--max-age", type=float, required=True, help="seconds since the job began")
+    p.add_argument("--name-host", action="store_true", help="begin the report with the host")
     args = p.parse_args(argv)
-    files, size = remove_leftovers(set(), new=recent(args.max_age))
+    files, size = remove_leftovers(set(), SHM_DIR, new=recent(args.max_age, SHM_DIR))
     if files:
-        print(f"removed {files} shared-memory segment(s) ({size / 2**20:.1f} MB) from {SHM_DIR}")
+        host = f"{socket.gethostname()}: " if args.name_host else ""
+        mb = size / 2**20
+        print(f"{host}removed {files} shared-memory segment(s) ({mb:.1f} MB) from {SHM_DIR}")
     return 0
 
 

@@ -3,7 +3,8 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(openssh-server openssh-client iproute2 util-linux procps
-          podman buildah runc debootstrap slurm-wlm munge)
+          podman buildah runc debootstrap slurm-wlm munge
+          docker-compose golang-github-containernetworking-plugin-dnsname)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

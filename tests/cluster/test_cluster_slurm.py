@@ -116,3 +116,28 @@ def test_srun_mpi_none_trap_is_stopped_and_pmi2_runs(slurm):
 def test_nodes_are_separate_hosts(slurm):
     out = slurm.hosts["node1"].run(["srun", "-N2", "-n2", "hostname"], timeout=60)
     assert sorted(out.stdout.split()) == ["node1", "node2"]
+
+
+def test_aborted_sbatch_job_leaves_no_segment_on_either_node(slurm, tmp_path):
+    tmp_path.chmod(0o755)
+    program = tmp_path / "abort.py"
+    program.write_text(
+        "from mpi4py import MPI; import numpy as np; c = MPI.COMM_WORLD\n"
+        "b = np.ones(1 << 16); c.Allreduce(MPI.IN_PLACE, b)\n"
+        "if c.rank == c.size - 1: raise ValueError('boom on the last node')\n"
+        "c.Barrier()\n"
+    )
+    out = slurm.hosts["node1"].run(
+        ["env", f"PATH={VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "sbatch", "--wait",
+         f"--output={tmp_path}/job.out", f"--chdir={tmp_path}",
+         str(ROOT / "launch" / "slurm.sbatch"), str(program)],
+        check=False, timeout=300,
+    )  # fmt: skip
+    log = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
+    assert out.returncode != 0 and "ValueError: boom on the last node" in log, log
+    for host in slurm.hosts.values():
+        left = host.sh("ls /dev/shm").stdout.split()
+        assert not [n for n in left if n.startswith("mpich_shm_")], (host.name, left, log)
+    # the ranks shared memory on each node, so each node had segments to remove
+    for name in slurm.hosts:
+        assert re.search(rf"distoptrun: {name}: removed \d+ shared-memory segment", log), log
