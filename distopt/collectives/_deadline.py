@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from distopt._stderr import write_uncaptured
+from distopt.collectives import _exit_drain
 
 DEFAULT_TIMEOUT = 600.0
 # The watchdog looks at most every 50 ms: a shorter deadline would abort collectives that
@@ -76,6 +77,10 @@ def resolve_timeout(value) -> float:
             f"{TIMEOUT_ENV}. Received: {what}"
         )
     return seconds
+
+
+def _is_exit(msg) -> bool:
+    return msg[0] == _EXIT
 
 
 def _op_name(code: int) -> str:
@@ -299,12 +304,19 @@ class _Watchdog:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         end = time.monotonic() + 1.0  # for all notices together
+        notified = []
         for m in self._snapshot():
             if m.channel is not None and 1 < m.communicator.size <= _MAX_EXIT_NOTICES:
                 try:
                     m.channel.notify_all(m.state(_EXIT), max(0.0, end - time.monotonic()))
+                    notified.append(m)
                 except Exception:  # noqa: BLE001, S110 - exiting anyway; MPI may be finalized
                     pass
+        for m in notified:  # the peers' notices, so none is unreceived at MPI_Finalize
+            try:
+                _exit_drain.await_channel_exits(m.channel, m.state, m.exited, _is_exit)
+            except Exception:  # noqa: BLE001, S110 - exiting anyway; MPI may be finalized
+                pass
 
 
 _WATCHDOG = _Watchdog()

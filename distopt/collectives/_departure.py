@@ -32,6 +32,7 @@ EXIT_LINGER = 10.0
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 _lock = threading.Lock()
 _gone: set[int] = set()  # world ranks whose notice this process has received
+_exit_end: list[float] = []
 
 
 def launcher_size() -> int:
@@ -57,15 +58,24 @@ def announce_exit(world, timeout: float = 0.5) -> None:
         time.sleep(0.001)
 
 
-def linger(world, timeout: float = EXIT_LINGER) -> bool:
+def exit_deadline() -> float:
+    """The `time.monotonic()` until which this exiting process waits for its peers' notices,
+    fixed by the first call: one `EXIT_LINGER` budget for every channel it waits on."""
+    with _lock:
+        if not _exit_end:
+            _exit_end.append(time.monotonic() + EXIT_LINGER)
+        return _exit_end[0]
+
+
+def linger(world) -> bool:
     """After `announce_exit`: waits until every other rank of `world` has announced its exit too,
-    at most `timeout` s. True when all have. Receives their notices, so none is left unreceived
-    at `MPI_Finalize`."""
+    at most until `exit_deadline()`. True when all have. Receives their notices, so none is left
+    unreceived at `MPI_Finalize` (UCX warns of each such message at exit)."""
     size, rank = world.Get_size(), world.Get_rank()
     if not 1 < size <= MAX_NOTICES:
         return True
     others = set(range(size)) - {rank}
-    end = time.monotonic() + timeout
+    end = exit_deadline()
     while True:
         if others <= exited_ranks(world):
             return True
