@@ -6,11 +6,13 @@ Tables (medians; under MPI each repeat counts the slowest rank; rows of a table 
 turn so they share the host's quiet and noisy stretches):
 1. averaging one step's gradients of a Keras MLP: DistributedOptimizer's path (torch
    tensors -> distopt buckets -> torch views) against distopt's raw aggregation of the same
-   numpy arrays, and against torch.distributed gloo over DDP's 25 MB buckets;
+   numpy arrays, and against torch.distributed gloo over DDP's buckets (1 MB first, then
+   25 MB, reverse parameter order, allocated once);
 2. Keras's Adam update against distopt's Adam engine on 10M float32 parameters (one rank);
 3. DistributedOptimizer(Adam) against plain Adam on 200 small variables: the wrapper's
    overhead per step in microseconds;
-4. the share of a `fit`-style step (forward, backward, update) spent averaging gradients.
+4. the share of a `fit`-style step (forward, backward, update) spent averaging gradients;
+then a summary of these ratios beside their targets.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import os
 os.environ["KERAS_BACKEND"] = "torch"
 
 import numpy as np  # noqa: E402
-from _common import Table, emit, interleaved_ms, world  # noqa: E402
+from _common import Table, emit, interleaved_ms, use_clock, world  # noqa: E402
 
 DDP_BUCKET_BYTES = 25 << 20
+DDP_FIRST_BUCKET_BYTES = 1 << 20  # torch.distributed._DEFAULT_FIRST_BUCKET_BYTES
 
 
 def mlp(params: int):
@@ -78,7 +81,7 @@ def aggregation(comm, rank, size, params: int, repeats: int, gloo: bool) -> Tabl
 
         dist.destroy_process_group()
     del torch
-    return table
+    return table, t
 
 
 def _gloo_buckets(comm, rank, size, grads):
@@ -95,19 +98,30 @@ def _gloo_buckets(comm, rank, size, grads):
     port = comm.bcast(port, root=0)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=size)  # fmt: skip
-    total = sum(g.numel() for g in grads)
-    per = DDP_BUCKET_BYTES // 4
-    buckets = [torch.zeros(min(per, total - lo)) for lo in range(0, total, per)]
+    # DDP's layout: parameters in reverse order (the order backward produces them), a first
+    # bucket of 1 MB, then 25 MB buckets, allocated once. The averaged gradients are left in
+    # the buckets, as `gradient_as_bucket_view=True` does and as distopt's path returns views.
+    buckets, cap, current, nbytes = [], DDP_FIRST_BUCKET_BYTES, [], 0
+    for g in reversed(grads):
+        current.append(g)
+        nbytes += g.numel() * g.element_size()
+        if nbytes >= cap:
+            buckets.append(current)
+            current, nbytes, cap = [], 0, DDP_BUCKET_BYTES
+    if current:
+        buckets.append(current)
+    flats = [torch.zeros(sum(g.numel() for g in b)) for b in buckets]
+    views = []
+    for b, flat in zip(buckets, flats):
+        offsets = np.cumsum([0] + [g.numel() for g in b]).tolist()
+        views.append([flat[lo:hi].view_as(g) for g, lo, hi in zip(b, offsets, offsets[1:])])
 
     def step():
-        # DDP: copy the gradients into flat buckets, all-reduce each, divide, copy back.
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        lo = 0
-        for b in buckets:
-            b.copy_(flat[lo : lo + b.numel()])
-            dist.all_reduce(b)
-            b.div_(size)
-            lo += b.numel()
+        # DDP's allreduce hook per bucket: copy in, divide by the world size, all-reduce.
+        for b, flat, v in zip(buckets, flats, views):
+            torch._foreach_copy_(v, b)
+            flat.div_(size)
+            dist.all_reduce(flat)
 
     return step
 
@@ -132,7 +146,7 @@ def update(repeats: int) -> Table:
     table = Table("Adam update, 10M float32 parameters, one rank", "distopt engine")
     for name, ms in t.items():
         table.add(name, ms, t["distopt Adam engine"])
-    return table
+    return table, t
 
 
 def overhead(comm, repeats: int) -> Table:
@@ -151,15 +165,27 @@ def overhead(comm, repeats: int) -> Table:
     wrapped = DistributedOptimizer(keras.optimizers.Adam(1e-3))
     plain.build(plain_vars)
     wrapped.build(wrapped_vars)
-    t = interleaved_ms({"Adam": lambda: plain.apply(grads, plain_vars),
-                        "DistributedOptimizer(Adam)": lambda: wrapped.apply(grads, wrapped_vars)},
-                       repeats, comm=comm)  # fmt: skip
+    fns = {"Adam": lambda: plain.apply(grads, plain_vars),
+           "DistributedOptimizer(Adam)": lambda: wrapped.apply(grads, wrapped_vars)}  # fmt: skip
+    t = interleaved_ms(fns, repeats, comm=comm)
+    # CPU time too: on a busy host a rank's wall time also counts the turns it waits for a
+    # core, which the wall-clock difference of two rows can make or hide.
+    use_clock("cpu")
+    try:
+        cpu = interleaved_ms(fns, repeats, comm=comm)
+    finally:
+        use_clock("wall")
     table = Table("200 variables of 100 floats: wrapper overhead", "Adam")
     for name, ms in t.items():
         table.add(name, ms, t["Adam"])
-    table.add("overhead per step (us)", (t["DistributedOptimizer(Adam)"] - t["Adam"]) * 1e3, None,
-              "in microseconds, not ms")  # fmt: skip
-    return table
+    for name, ms in cpu.items():
+        table.add(f"{name}, CPU time", ms, cpu["Adam"])
+    extra = (t["DistributedOptimizer(Adam)"] - t["Adam"]) * 1e3
+    extra_cpu = (cpu["DistributedOptimizer(Adam)"] - cpu["Adam"]) * 1e3
+    table.add("overhead per step (us)", extra, None, "in microseconds, not ms")
+    table.add("overhead per step, CPU time (us)", extra_cpu, None, "in microseconds, not ms")
+    t["overhead us"], t["overhead cpu us"] = extra, extra_cpu
+    return table, t
 
 
 def share_of_step(comm, params: int, repeats: int) -> Table:
@@ -183,7 +209,35 @@ def share_of_step(comm, params: int, repeats: int) -> Table:
     table = Table("A training step (forward, backward, update), batch 32", "local step")
     for name, ms in t.items():
         table.add(name, ms, t["step, local Adam (no averaging)"])
-    return table
+    return table, t
+
+
+def summary(agg: dict, upd: dict | None, over: dict, step: dict) -> str:
+    """The ratios the benchmarks exist for, each beside its target."""
+    rows = []
+    ours = agg["DistributedOptimizer path (torch tensors)"]
+    rows.append(("averaging path / distopt raw", f"{ours / agg['distopt raw (numpy)']:.2f}x",
+                 "<= 1.2x", ours / agg["distopt raw (numpy)"] <= 1.2))  # fmt: skip
+    gloo = agg.get("torch gloo, DDP's 25 MB buckets")
+    if gloo is not None:
+        rows.append(("torch gloo (DDP buckets) / averaging path", f"{gloo / ours:.2f}x", ">= 5x",
+                     gloo / ours >= 5))  # fmt: skip
+    if upd is not None:
+        ratio = upd["keras Adam (torch)"] / upd["distopt Adam engine"]
+        rows.append(("keras Adam / distopt Adam engine (10M)", f"{ratio:.2f}x", "", None))
+    for label, key in (("wall", "overhead us"), ("CPU time", "overhead cpu us")):
+        extra = over[key]
+        rows.append((f"wrapper overhead, 200 variables, {label}", f"{extra:.0f} us", "<= 500 us",
+                     extra <= 500))  # fmt: skip
+    local, dist = step["step, local Adam (no averaging)"], step["step, DistributedOptimizer"]
+    share = max(0.0, dist - local) / dist
+    rows.append(("averaging's share of a step", f"{share:.0%}", "< 20% (else overlap)",
+                 share < 0.2))  # fmt: skip
+    out = ["\n### Summary\n", "| measure | value | target | met |", "|---|---:|---|---|"]
+    for name, value, target, met in rows:
+        verdict = "" if met is None else "yes" if met else "no"
+        out.append(f"| {name} | {value} | {target} | {verdict} |")
+    return "\n".join(out)
 
 
 def main():
@@ -196,16 +250,21 @@ def main():
     import torch
 
     torch.set_num_threads(1)
-    tables = [aggregation(comm, rank, size, args.params, args.repeats,
-                          gloo=size > 1 and not args.no_torch_gloo)]  # fmt: skip
+    table, agg = aggregation(comm, rank, size, args.params, args.repeats,
+                             gloo=size > 1 and not args.no_torch_gloo)  # fmt: skip
+    tables, upd = [table], None
     if rank == 0:
-        tables.append(update(max(3, args.repeats // 2)))
+        table, upd = update(max(3, args.repeats // 2))
+        tables.append(table)
     if comm is not None:
         comm.Barrier()
-    tables.append(overhead(comm, args.repeats * 4))
-    tables.append(share_of_step(comm, args.params, args.repeats))
+    table, over = overhead(comm, args.repeats * 4)
+    tables.append(table)
+    table, step = share_of_step(comm, args.params, args.repeats)
+    tables.append(table)
     if rank == 0:
         emit(tables, f"distopt.keras benchmarks ({size} ranks, torch backend)")
+        print(summary(agg, upd, over, step), flush=True)
 
 
 if __name__ == "__main__":

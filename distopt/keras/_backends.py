@@ -66,13 +66,11 @@ def _torch_allreduce(aggregator, names, grads):
             "all-reduce runs on numpy buffers in MPI. Compile the model with "
             "`jit_compile=False` (the torch backend's default)."
         )
-    on_cpu = all(g.device.type == "cpu" for g in grads)
-    arrays = [g.detach().numpy() if on_cpu else g.detach().cpu().numpy() for g in grads]
-    views = aggregator.reduce(names, arrays)
-    # Views of the buckets, no copy: valid until `release`, after the inner update.
-    if on_cpu:
-        return [torch.from_numpy(v) for v in views], aggregator.release
-    return [torch.from_numpy(v).to(g.device) for v, g in zip(views, grads)], aggregator.release
+    if aggregator.torch_reducer is None:
+        from distopt.keras._torch_path import TorchReducer
+
+        aggregator.torch_reducer = TorchReducer(aggregator)
+    return aggregator.torch_reducer.reduce(names, grads)
 
 
 def _jax_allreduce(aggregator, names, grads):

@@ -76,6 +76,7 @@ class GradientAggregator:
     def __init__(self, strategy: MPIStrategy):
         self.strategy = strategy
         self._slots: dict[tuple, tuple] = {}
+        self.torch_reducer = None  # made by the torch backend's path on its first step
 
     def slots(self, names, arrays) -> tuple:
         key = tuple((n, a.shape, a.dtype.str) for n, a in zip(names, arrays))
