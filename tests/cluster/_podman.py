@@ -1,4 +1,8 @@
-"""Builds docker/Dockerfile with podman on a base made by debootstrap (no registry here)."""
+"""Builds docker/Dockerfile with podman on a base made by debootstrap (no registry here).
+
+`python3 tests/cluster/_podman.py` builds every image the cluster tests use, so CI can do it
+while other tests run; the tests' own builds then find every layer in podman's cache.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ DEBIAN = "localhost/debian:bookworm-slim"
 PYTHON = "localhost/distopt-test-python:3.11-slim"
 IMAGE = "localhost/distopt-test:latest"
 TEST_IMAGE = "localhost/distopt-test:test"
+NONROOT = "localhost/distopt-test:nonroot"
+NONROOT_ARGS = ("USER_NAME=mpi", "SSH_PORT=2222")
 ENV = dict(os.environ, CONTAINERS_CONF=str(HERE / "containers.conf"))
 
 
@@ -62,3 +68,14 @@ def build(target: str, tag: str, *build_args: str) -> None:
         args += ["--build-arg", a]
     podman("build", "--network", "host", "-f", "docker/Dockerfile", "--target", target,
            *args, "-t", tag, str(ROOT), timeout=1500)  # fmt: skip
+
+
+def build_all() -> None:
+    """Every image the cluster tests build, with the same arguments (so the same layers)."""
+    build("runtime", IMAGE)
+    build("runtime", NONROOT, *NONROOT_ARGS)
+    build("test", TEST_IMAGE)
+
+
+if __name__ == "__main__":
+    build_all()

@@ -10,9 +10,7 @@ import pytest
 import yaml
 from _cluster import image  # noqa: F401 (fixtures)
 from _hosts import Cluster
-from _podman import ROOT, TEST_IMAGE, build, podman
-
-NONROOT = "localhost/distopt-test:nonroot"
+from _podman import NONROOT, NONROOT_ARGS, ROOT, TEST_IMAGE, build, podman
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
@@ -36,7 +34,7 @@ def test_example_runs_in_the_image(image):
 
 
 def test_non_root_image_runs_sshd_and_the_example_as_its_user(image):
-    build("runtime", NONROOT, "USER_NAME=mpi", "SSH_PORT=2222")
+    build("runtime", NONROOT, *NONROOT_ARGS)
     script = ("/usr/sbin/sshd -e && ssh localhost id -un && "
               "distoptrun -np 2 examples/mlp_classification.py --epochs 2")  # fmt: skip
     out = podman("run", "--rm", "--network", "none", "--shm-size", "1g",
