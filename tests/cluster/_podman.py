@@ -37,14 +37,26 @@ def exists(image: str) -> bool:
     return podman("image", "exists", image, check=False).returncode == 0
 
 
+def _unmount_under(folder: Path) -> None:
+    """Unmounts what an interrupted debootstrap left mounted in `folder` (its proc, sys)."""
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    for point in sorted((p for p in points if p.startswith(f"{folder}/")), reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False)
+
+
 def debian_base() -> None:
     """`debootstrap --variant=minbase bookworm`, imported as the Debian slim base."""
     if exists(DEBIAN):
         return
     with tempfile.TemporaryDirectory() as tmp:
         rootfs = Path(tmp) / "rootfs"
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs)],
-                       check=True, capture_output=True, timeout=900)  # fmt: skip
+        try:
+            subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs)],
+                           check=True, capture_output=True, timeout=900)  # fmt: skip
+        except BaseException:
+            _unmount_under(rootfs)  # else removing the folder walks into the host's /proc
+            raise
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         podman("import", "-", DEBIAN, stdin=tar.stdout, timeout=600)
         tar.wait()
