@@ -1,10 +1,6 @@
 """The whole test suite: single-process tests, the docs tests, then the MPI tests under a
 real `mpiexec` at 1, 2, 3 and 4 ranks (oversubscribed), each test with a timeout.
 
-The single-process run mostly keeps one core busy, and so do the docs run and the 1-rank run:
-those two go meanwhile, one after the other (their output follows the single-process run's),
-so a 2-core machine runs them in the time of the single-process run alone.
-
 Usage: python tests/run_all.py [--sizes 1,2,3,4] [extra pytest args]
 Prints a closing line `N passed, N failed, N skipped` summed over every run; exits non-zero
 if any run failed, timed out, or ran no test.
@@ -17,8 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -52,62 +46,29 @@ def counts(xml: Path) -> tuple[int, int, int]:
     return tests - failed - skipped, failed, skipped
 
 
-def run(cmd: list[str], env: dict, label: str, out=None) -> bool:
-    """Runs one pytest run; its output and these lines go to `out` (None: stdout)."""
-    say = (lambda text: print(text, flush=True)) if out is None else (
-        lambda text: out.write(f"{text}\n") or out.flush())  # fmt: skip
-    say(f"\n=== {label}: {' '.join(cmd)}")
+def run(cmd: list[str], env: dict, label: str) -> bool:
+    print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
     start = time.monotonic()
     before = _shm_cleanup.snapshot()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=out and subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
     watch = JobWatch(proc.pid, interval=0.1)  # the run's processes and the segments they map
     try:
         code = proc.wait(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
         watch.kill_all()  # mpiexec, and the ranks it started in sessions of their own
         proc.wait()
-        say(f"=== {label}: TIMED OUT after {RUN_TIMEOUT} s")
+        print(f"=== {label}: TIMED OUT after {RUN_TIMEOUT} s", flush=True)
         return False
     finally:
         # The abort tests end MPI jobs on purpose; MPICH leaves their segments behind. Only
-        # this run's are removed: other jobs on the machine (or the other run) may be using
-        # theirs.
+        # this run's are removed: other jobs on the machine may be using theirs.
         watch.wait_gone(10.0)
         watch.stop()
         files, size = _shm_cleanup.remove_leftovers(before, ours=watch.segments)
         if files:
-            say(f"=== {label}: removed {files} leftover MPI segments ({size >> 20} MB)")
-    say(f"=== {label}: exit {code} in {time.monotonic() - start:.1f} s")
+            print(f"=== {label}: removed {files} leftover MPI segments ({size >> 20} MB)")
+    print(f"=== {label}: exit {code} in {time.monotonic() - start:.1f} s", flush=True)
     return code in (0, 5)
-
-
-class Meanwhile:
-    """Runs `runs` (cmd, env, label) one after the other in a thread, output to a file that
-    `result` prints once they are done, so it does not interleave with the foreground run's."""
-
-    def __init__(self, runs: list[tuple[list[str], dict, str]]):
-        self._log = tempfile.TemporaryFile("w+")
-        self._ok = True
-        self._thread = threading.Thread(target=self._run, args=(runs,), daemon=True)
-        self._thread.start()
-
-    def _run(self, runs) -> None:
-        for cmd, env, label in runs:
-            self._ok &= run(cmd, env, label, out=self._log)
-
-    def result(self) -> bool:
-        self._thread.join()
-        self._log.seek(0)
-        sys.stdout.write(self._log.read())
-        sys.stdout.flush()
-        self._log.close()
-        return self._ok
-
-
-def mpi_run(n: int, env: dict, extra: list[str]) -> tuple[list[str], dict, str]:
-    cmd = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / "tests" / "_mpi_pytest.py"),
-           f"--timeout={TEST_TIMEOUT}", *extra]  # fmt: skip
-    return cmd, dict(env, DISTOPT_TEST_REPORTS=str(REPORTS / f"mpi{n}")), f"{n} ranks"
 
 
 def main() -> int:
@@ -126,24 +87,20 @@ def main() -> int:
     env.setdefault("DISTOPT_COLLECTIVE_TIMEOUT", str(TEST_TIMEOUT))
     ok = True
     base = [sys.executable, "-m", "pytest", f"--timeout={TEST_TIMEOUT}", *extra]
-    sizes = [int(s) for s in args.sizes.split(",") if s]
     if not args.no_single:
+        xml = REPORTS / "single.xml"
+        ignore_docs = f"--ignore-glob={ROOT / DOCS_TESTS}"
         marks = "not mpi and not cluster"  # cluster tests: .ci/cluster
+        ok &= run([*base, "-m", marks, ignore_docs, f"--junitxml={xml}"], env, "single process")
         # The docs tests run every code block (some under mpiexec) and build the site: their
         # own run, with its own time budget.
         docs = sorted(str(p) for p in ROOT.glob(DOCS_TESTS))
-        meanwhile = [([*base, "-m", marks, *docs, f"--junitxml={REPORTS / 'docs.xml'}"], env,
-                      "docs")]  # fmt: skip
-        if 1 in sizes:
-            sizes.remove(1)
-            meanwhile.append(mpi_run(1, env, extra))
-        background = Meanwhile(meanwhile)
-        ignore_docs = f"--ignore-glob={ROOT / DOCS_TESTS}"
-        xml = REPORTS / "single.xml"
-        ok &= run([*base, "-m", marks, ignore_docs, f"--junitxml={xml}"], env, "single process")
-        ok &= background.result()
-    for n in sizes:
-        ok &= run(*mpi_run(n, env, extra))
+        xml = REPORTS / "docs.xml"
+        ok &= run([*base, "-m", marks, *docs, f"--junitxml={xml}"], env, "docs")
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        cmd = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / "tests" / "_mpi_pytest.py"),
+               f"--timeout={TEST_TIMEOUT}", *extra]  # fmt: skip
+        ok &= run(cmd, dict(env, DISTOPT_TEST_REPORTS=str(REPORTS / f"mpi{n}")), f"{n} ranks")
     totals = [0, 0, 0]
     for xml in sorted(REPORTS.rglob("*.xml")):
         p, f, s = counts(xml)
