@@ -1,4 +1,8 @@
-"""Builds docker/Dockerfile with podman on a base made by debootstrap (no registry here)."""
+"""Builds docker/Dockerfile with podman on a base made by debootstrap (no registry here).
+
+`python3 tests/cluster/_podman.py` builds every image the cluster tests use, so CI can do it
+while other tests run; the tests' own builds then find every layer in podman's cache.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ DEBIAN = "localhost/debian:bookworm-slim"
 PYTHON = "localhost/distopt-test-python:3.11-slim"
 IMAGE = "localhost/distopt-test:latest"
 TEST_IMAGE = "localhost/distopt-test:test"
+NONROOT = "localhost/distopt-test:nonroot"
+NONROOT_ARGS = ("USER_NAME=mpi", "SSH_PORT=2222")
 ENV = dict(os.environ, CONTAINERS_CONF=str(HERE / "containers.conf"))
 
 
@@ -31,14 +37,26 @@ def exists(image: str) -> bool:
     return podman("image", "exists", image, check=False).returncode == 0
 
 
+def _unmount_under(folder: Path) -> None:
+    """Unmounts what an interrupted debootstrap left mounted in `folder` (its proc, sys)."""
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    for point in sorted((p for p in points if p.startswith(f"{folder}/")), reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False)
+
+
 def debian_base() -> None:
     """`debootstrap --variant=minbase bookworm`, imported as the Debian slim base."""
     if exists(DEBIAN):
         return
     with tempfile.TemporaryDirectory() as tmp:
         rootfs = Path(tmp) / "rootfs"
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs)],
-                       check=True, capture_output=True, timeout=900)  # fmt: skip
+        try:
+            subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs)],
+                           check=True, capture_output=True, timeout=900)  # fmt: skip
+        except BaseException:
+            _unmount_under(rootfs)  # else removing the folder walks into the host's /proc
+            raise
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         podman("import", "-", DEBIAN, stdin=tar.stdout, timeout=600)
         tar.wait()
@@ -62,3 +80,14 @@ def build(target: str, tag: str, *build_args: str) -> None:
         args += ["--build-arg", a]
     podman("build", "--network", "host", "-f", "docker/Dockerfile", "--target", target,
            *args, "-t", tag, str(ROOT), timeout=1500)  # fmt: skip
+
+
+def build_all() -> None:
+    """Every image the cluster tests build, with the same arguments (so the same layers)."""
+    build("runtime", IMAGE)
+    build("runtime", NONROOT, *NONROOT_ARGS)
+    build("test", TEST_IMAGE)
+
+
+if __name__ == "__main__":
+    build_all()

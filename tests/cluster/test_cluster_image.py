@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 from _cluster import image, require  # noqa: F401 (fixtures)
-from _podman import ENV, ROOT, TEST_IMAGE, build, podman
-
-NONROOT = "localhost/distopt-test:nonroot"
+from _podman import ENV, NONROOT, NONROOT_ARGS, ROOT, TEST_IMAGE, build, podman
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
@@ -36,7 +34,7 @@ def test_example_runs_in_the_image(image):
 
 
 def test_non_root_image_runs_sshd_and_the_example_as_its_user(image):
-    build("runtime", NONROOT, "USER_NAME=mpi", "SSH_PORT=2222")
+    build("runtime", NONROOT, *NONROOT_ARGS)
     script = ("/usr/sbin/sshd -e && ssh localhost id -un && "
               "distoptrun -np 2 examples/mlp_classification.py --epochs 2")  # fmt: skip
     out = podman("run", "--rm", "--network", "none", "--shm-size", "1g",
