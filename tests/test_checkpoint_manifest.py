@@ -142,3 +142,23 @@ def test_any_manifest_file(sandbox, monkeypatch, text):
 
 def test_the_untouched_manifest_restores(sandbox, monkeypatch):
     _restore_checked(sandbox, json.dumps(sandbox[3]).encode(), monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "path, new",
+    [(("optimizer", "config"), 1), (("optimizer", "config", "inner_optimizer"), 1),
+     (("optimizer", "config", "inner_optimizer", "config"), 1),
+     (("optimizer", "config", "inner_optimizer", "config"), None)],
+)  # fmt: skip
+def test_optimizer_config_that_is_no_object_is_a_checkpoint_error(sandbox, path, new):
+    root, manager, manifest_path, manifest = sandbox
+    manifest_path.write_text(json.dumps(_replaced(manifest, path, new)))
+    weights = _model(1)
+    optimizer = distopt.optimizers.LossScaleOptimizer(
+        distopt.optimizers.Adam(0.01, gradient_accumulation_steps=2)
+    )
+    optimizer.build(weights)
+    before = [v.numpy().tobytes() for v in weights + optimizer.variables]
+    with pytest.raises(CheckpointError, match="another optimizer configuration"):
+        manager.restore(weights, optimizer)
+    assert [v.numpy().tobytes() for v in weights + optimizer.variables] == before

@@ -11,10 +11,16 @@ from distopt.checkpoint import _extras, _manifest, _placement, _safetensors, _st
 from distopt.checkpoint._errors import CheckpointError
 
 
-def _comparable(serialized: dict) -> dict:
+def _comparable(serialized):
     """An optimizer's class and config without what a restore sets or may differ in: its
-    automatic name, and a constant learning rate (an optimizer variable, restored)."""
-    config = dict(serialized.get("config") or {})
+    automatic name, and a constant learning rate (an optimizer variable, restored). A damaged
+    manifest's non-object parts are kept as they are, to show up as differences."""
+    if not isinstance(serialized, dict):
+        return serialized
+    config = serialized.get("config")
+    if not isinstance(config, dict):
+        return {"class_name": serialized.get("class_name"), "config": config}
+    config = dict(config)
     config.pop("name", None)
     if not isinstance(config.get("learning_rate"), dict):
         config.pop("learning_rate", None)
