@@ -116,6 +116,24 @@ def have_torch() -> bool:
     return True
 
 
+def init_gloo(comm, rank: int, size: int) -> None:
+    """torch.distributed's gloo process group over loopback TCP, on a port rank 0 picks
+    (collective: call on all ranks)."""
+    import socket
+
+    import torch.distributed as dist
+
+    port = None
+    if rank == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    port = comm.bcast(port, root=0)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size
+    )
+
+
 def chunked_adam_step(w, g, m, v, chunk: int = 1 << 18):
     """The numpy baseline: Adam in place over flat float32 arrays, in cache-sized chunks.
 

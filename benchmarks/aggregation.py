@@ -12,10 +12,18 @@ are timed in turn within each repeat, so they share the host's quiet and noisy s
 from __future__ import annotations
 
 import argparse
-import socket
 
 import numpy as np
-from _common import Table, emit, have_torch, interleaved_ms, median_ms, resnet50_sizes, world
+from _common import (
+    Table,
+    emit,
+    have_torch,
+    init_gloo,
+    interleaved_ms,
+    median_ms,
+    resnet50_sizes,
+    world,
+)
 
 F4 = np.dtype("float32")
 
@@ -139,15 +147,7 @@ def gloo(comm, rank, size, sizes):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    port = None
-    if rank == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    port = comm.bcast(port, root=0)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size
-    )
+    init_gloo(comm, rank, size)
     tensors = [torch.full((s,), 1e-3) for s in sizes]
     flat = torch.full((sum(sizes),), 1e-3)
 

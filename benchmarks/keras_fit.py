@@ -23,7 +23,7 @@ import os
 os.environ["KERAS_BACKEND"] = "torch"
 
 import numpy as np  # noqa: E402
-from _common import Table, emit, interleaved_ms, use_clock, world  # noqa: E402
+from _common import Table, emit, init_gloo, interleaved_ms, use_clock, world  # noqa: E402
 
 DDP_BUCKET_BYTES = 25 << 20
 DDP_FIRST_BUCKET_BYTES = 1 << 20  # torch.distributed._DEFAULT_FIRST_BUCKET_BYTES
@@ -85,19 +85,10 @@ def aggregation(comm, rank, size, params: int, repeats: int, gloo: bool) -> Tabl
 
 
 def _gloo_buckets(comm, rank, size, grads):
-    import socket
-
     import torch
     import torch.distributed as dist
 
-    port = None
-    if rank == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    port = comm.bcast(port, root=0)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=size)  # fmt: skip
+    init_gloo(comm, rank, size)
     # DDP's layout: parameters in reverse order (the order backward produces them), a first
     # bucket of 1 MB, then 25 MB buckets, allocated once. The averaged gradients are left in
     # the buckets, as `gradient_as_bucket_view=True` does and as distopt's path returns views.
