@@ -60,12 +60,13 @@ class TorchReducer:
             return [torch.from_numpy(v).to(g.device) for v, g in zip(views, grads)], agg.release
         arrays = [g.detach().numpy() for g in grads]
         views = agg.reduce(names, arrays)
-        plan = agg.strategy._cached_plan(agg.slots(names, arrays))
+        slots = agg.slots(names, arrays)
+        plan = agg.strategy._cached_plan(slots)
         if plan is None:
             return [torch.from_numpy(v) for v in views], agg.release
         if len(self._fast) >= 16:
             self._fast.clear()
-        fast = _Fast(names, _meta(grads), agg.slots(names, arrays), plan, views)
+        fast = _Fast(names, _meta(grads), slots, plan, views)
         self._fast[id(names)] = fast
         return fast.torch_results, agg.release
 
