@@ -31,6 +31,12 @@ def iface_address(iface: str) -> str:
     return socket.inet_ntoa(packed[20:24])
 
 
+def _slurm_nodes(environ) -> int:
+    """The node count of the Slurm allocation this runs in (1 outside one, or if unreadable)."""
+    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
+    return int(nodes) if nodes.isdigit() else 1
+
+
 def reply_address(iface: str | None, multi_host: bool, environ=os.environ) -> str:
     """Where ranks reach this host: the interface's address, this host's name when ranks
     may run elsewhere (as MPI's own proxies reach it), else loopback."""
@@ -38,8 +44,7 @@ def reply_address(iface: str | None, multi_host: bool, environ=os.environ) -> st
         return iface_address(iface)
     # Inside a multi-node allocation or with a hostfile from the environment, MPI places
     # ranks on other hosts without -H/--hostfile.
-    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
-    elsewhere = multi_host or (nodes.isdigit() and int(nodes) > 1)
+    elsewhere = multi_host or _slurm_nodes(environ) > 1
     elsewhere = elsewhere or any(v in environ for v in _HOSTFILE_ENV)
     return socket.gethostname() if elsewhere else "127.0.0.1"
 
@@ -63,10 +68,10 @@ def _clean_one(hosts: HostOptions, host: str, max_age: float) -> str:
 def slurm_clean_command(hosts: HostOptions, elapsed: float, environ=os.environ):
     """The srun step that cleans every node of the Slurm allocation this job ran in, or None
     when MPI placed no rank through Slurm (-H/--hostfile given, or a single node)."""
-    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
-    if hosts.host_list() or not environ.get("SLURM_JOB_ID") or not nodes.isdigit():
+    nodes = _slurm_nodes(environ)
+    if hosts.host_list() or not environ.get("SLURM_JOB_ID"):
         return None
-    if int(nodes) < 2:
+    if nodes < 2:
         return None  # one node: the ranks were this host's, cleaned by _job
     # --overlap: the job step's last processes may still hold the allocation's CPUs;
     # --mpi=none: the cleanup is no MPI program, whatever the cluster's MpiDefault.
