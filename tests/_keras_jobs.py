@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _mpi_jobs import run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "_keras_worker.py"
@@ -45,7 +45,7 @@ def run(backend: str, ranks: int, *args, timeout: float = JOB_TIMEOUT):
         # signal hides which rank failed and how.
         cmd = [mpiexec(), "-print-all-exitcodes", "-n", str(ranks), *cmd]
     start = time.monotonic()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = run_job(cmd, timeout, env=env, cwd=ROOT)  # and the segments an aborted job leaves
     proc.elapsed = time.monotonic() - start
     return proc
 
